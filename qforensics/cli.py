@@ -1,0 +1,69 @@
+"""Command line: argument parsing and the choice of renderer, nothing else.
+
+Exit codes follow qemu-img where it has the same command: info exits 0, or 1
+when the image cannot be opened (as qemu-img would refuse it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from . import __version__
+from .errors import QforensicsError
+from .info import build_info, render_human
+from .model import Image
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    with Image(args.image) as img:
+        info = build_info(img, args.image)
+        refusals = img.refusals
+    if refusals and not args.force:
+        for f in refusals:
+            print(f"qforensics: {args.image}: {f.one_line()} (qemu: {f.qemu_message})", file=sys.stderr)
+        return EXIT_FAILED
+    if args.output == "json":
+        sys.stdout.write(json.dumps(info, indent=4) + "\n")
+    else:
+        sys.stdout.write(render_human(info))
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="qforensics", description="Forensic analysis of qcow2 disk images.")
+    parser.add_argument("--version", action="version", version=f"qforensics {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    info = sub.add_parser("info", help="describe an image: header, features, extensions, snapshots, bitmaps")
+    info.add_argument("image")
+    info.add_argument("--output", choices=("human", "json"), default="human")
+    info.add_argument("--force", action="store_true",
+                      help="describe the image even when qemu would refuse to open it (the reasons are findings)")
+    info.set_defaults(func=_cmd_info)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except QforensicsError as exc:
+        print(f"qforensics: {args.image}: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # last resort: a bug must not print a traceback over the evidence
+        if os.environ.get("QFORENSICS_DEBUG"):
+            raise
+        print(f"qforensics: {args.image}: internal error: {type(exc).__name__}: {exc} "
+              "(set QFORENSICS_DEBUG=1 for the traceback)", file=sys.stderr)
+        return EXIT_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,155 @@
+"""Persistent dirty bitmaps: the bitmap directory (spec "Bitmap directory").
+
+Reference: block/qcow2-bitmap.c bitmap_list_load, check_dir_entry (QEMU 7.2).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from ..findings import Finding, Severity
+from ..formats.bitmaps import Bitmaps
+from .header import Header
+from .kaitai import StructureError, decode_name, parse
+
+BME_MAX_TABLE_SIZE = 0x8000000
+BME_MAX_PHYS_SIZE = 0x20000000
+BME_MAX_GRANULARITY_BITS = 31
+BME_MIN_GRANULARITY_BITS = 9
+BME_MAX_NAME_SIZE = 1023
+BME_RESERVED_FLAGS = 0xFFFFFFFC
+FLAG_IN_USE = 1
+FLAG_AUTO = 2
+FLAG_EXTRA_DATA_COMPATIBLE = 4
+STRUCTURE = "bitmap directory"
+
+
+@dataclass(frozen=True)
+class Bitmap:
+    """One bitmap directory entry."""
+
+    index: int
+    entry_offset: int
+    name: str
+    table_offset: int
+    table_size: int
+    flags: int
+    type: int
+    granularity_bits: int
+    extra_data_size: int
+
+    @property
+    def granularity(self) -> int:
+        return 1 << self.granularity_bits
+
+    @property
+    def flag_names(self) -> list[str]:
+        """As qemu-img info lists them (Qcow2BitmapInfoFlags)."""
+        names = []
+        if self.flags & FLAG_IN_USE:
+            names.append("in-use")
+        if self.flags & FLAG_AUTO:
+            names.append("auto")
+        return names
+
+
+def _entry_length(raw: bytes) -> int:
+    extra = int.from_bytes(raw[20:24], "big")
+    name = int.from_bytes(raw[18:20], "big")
+    return (24 + extra + name + 7) & ~7
+
+
+def read_bitmap_directory(h: Header, read, file_size: int, nb_bitmaps: int, dir_offset: int,
+                          dir_size: int) -> tuple[list[Bitmap], list[Finding]]:
+    """Walk the directory as bitmap_list_load does; each bad entry is a finding, not an abort.
+
+    QEMU stops at the first problem, so only the first finding carries its message.
+    """
+    findings: list[Finding] = []
+    bitmaps: list[Bitmap] = []
+
+    def corrupt(code: str, message: str, offset: int, qemu: str | None) -> None:
+        findings.append(Finding(code, Severity.CORRUPTION, message, STRUCTURE, offset, qemu_message=qemu))
+
+    if dir_offset + dir_size > file_size:
+        corrupt("bitmap.directory_past_eof", f"bitmap directory 0x{dir_offset:x}+{dir_size} runs past the end of "
+                f"the file (0x{file_size:x})", dir_offset, None)
+    data = read(dir_offset, min(dir_size, max(file_size - dir_offset, 0)))
+    pos = 0
+    while pos < len(data):
+        entry_offset = dir_offset + pos
+        index = len(bitmaps)
+        if index >= nb_bitmaps:
+            corrupt("bitmap.directory_too_many", f"bitmap directory holds more entries than nb_bitmaps ({nb_bitmaps})",
+                    entry_offset, "More bitmaps found than specified in header extension")
+        if pos + 24 > len(data) or pos + _entry_length(data[pos:pos + 24]) > len(data):
+            corrupt("bitmap.directory_broken", f"bitmap directory entry at 0x{entry_offset:x} runs past the end of "
+                    f"the directory ({dir_size} bytes)", entry_offset, "Broken bitmap directory")
+            break
+        raw = data[pos:pos + _entry_length(data[pos:pos + 24])]
+        pos += len(raw)
+        try:
+            e = parse(Bitmaps.BitmapDirectoryEntry, raw, structure=STRUCTURE, offset=entry_offset)
+        except StructureError as exc:
+            b = _raw_bitmap(index, entry_offset, raw)
+            bitmaps.append(b)
+            corrupt("bitmap.entry_invalid", f"entry {index} ('{b.name}'): {exc.message}", entry_offset,
+                    _qemu_refusal(b))
+            continue
+        b = Bitmap(index=index, entry_offset=entry_offset, name=decode_name(e.name), table_offset=e.ofs_bitmap_table,
+                   table_size=e.num_bitmap_table_entries, flags=e.flags.value, type=int(e.bitmap_type),
+                   granularity_bits=e.granularity_bits, extra_data_size=e.len_extra_data)
+        bitmaps.append(b)
+        why = check_dir_entry(h, b)
+        if why:
+            corrupt("bitmap.entry_constraints", f"bitmap '{b.name}': {why}", entry_offset, _qemu_refusal(b))
+    if len(bitmaps) < nb_bitmaps:
+        corrupt("bitmap.directory_too_few", f"bitmap directory holds {len(bitmaps)} entries, nb_bitmaps says "
+                f"{nb_bitmaps}", dir_offset, "Less bitmaps found than specified in header extension")
+    first = next((i for i, f in enumerate(findings) if f.qemu_message), None)
+    findings = [f if i == first or not f.qemu_message else replace(f, qemu_message=None)
+                for i, f in enumerate(findings)]
+    return bitmaps, findings
+
+
+def _qemu_refusal(b: Bitmap) -> str:
+    if b.extra_data_size:
+        return "Bitmap extra data is not supported"
+    return f"Bitmap '{b.name}' doesn't satisfy the constraints"
+
+
+def _raw_bitmap(index: int, entry_offset: int, raw: bytes) -> Bitmap:
+    """An entry the generated parser rejected, with its fields read as the spec lays them out."""
+    extra = int.from_bytes(raw[20:24], "big")
+    name_size = int.from_bytes(raw[18:20], "big")
+    return Bitmap(index=index, entry_offset=entry_offset,
+                  name=decode_name(raw[24 + extra:24 + extra + name_size]),
+                  table_offset=int.from_bytes(raw[0:8], "big"), table_size=int.from_bytes(raw[8:12], "big"),
+                  flags=int.from_bytes(raw[12:16], "big"), type=raw[16], granularity_bits=raw[17],
+                  extra_data_size=extra)
+
+
+def check_dir_entry(h: Header, b: Bitmap) -> str | None:
+    """First reason QEMU's check_dir_entry rejects the entry, in words, or None."""
+    cs = h.cluster_size
+    if b.table_size == 0 or b.table_offset == 0 or b.table_offset % cs:
+        return (f"bitmap table offset 0x{b.table_offset:x} / size {b.table_size} invalid "
+                "(must be non-zero and cluster aligned)")
+    if b.table_size > BME_MAX_TABLE_SIZE:
+        return f"bitmap_table_size {b.table_size} exceeds {BME_MAX_TABLE_SIZE}"
+    if not BME_MIN_GRANULARITY_BITS <= b.granularity_bits <= BME_MAX_GRANULARITY_BITS:
+        return f"granularity_bits {b.granularity_bits} outside 9..31"
+    if b.flags & BME_RESERVED_FLAGS:
+        return f"reserved flags set: 0x{b.flags & BME_RESERVED_FLAGS:x}"
+    if b.type != 1:
+        return f"type {b.type} is not 1 (dirty tracking)"
+    if b.extra_data_size:
+        return "extra data present"
+    if b.table_size * cs > BME_MAX_PHYS_SIZE:
+        return f"bitmap data would take {b.table_size * cs} bytes, over {BME_MAX_PHYS_SIZE}"
+    if not b.flags & FLAG_IN_USE:
+        bits = -(-h.size // b.granularity)
+        needed = -(-((bits + 7) // 8) // cs)
+        if b.table_size < needed:
+            return f"bitmap_table_size {b.table_size} is below the {needed} entries the virtual size needs"
+    return None

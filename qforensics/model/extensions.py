@@ -1,0 +1,233 @@
+"""Header extensions (spec "Header extensions") and QEMU's checks on them.
+
+Reference: block/qcow2.c qcow2_read_extensions (QEMU 7.2).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..findings import Finding, Severity
+from ..formats.qcow2_header import Qcow2Header
+from .header import QCOW_CRYPT_LUKS, Header
+from .kaitai import StructureError, decode_name, parse
+
+END = 0x00000000
+BACKING_FORMAT = 0xE2792ACA
+FEATURE_NAME_TABLE = 0x6803F857
+BITMAPS = 0x23852875
+FULL_DISK_ENCRYPTION = 0x0537BE77
+EXTERNAL_DATA_FILE = 0x44415441
+DEDUPLICATION = 0xCD8E819B
+
+NAMES = {
+    END: "end of header extensions",
+    BACKING_FORMAT: "backing file format name",
+    FEATURE_NAME_TABLE: "feature name table",
+    BITMAPS: "bitmaps",
+    FULL_DISK_ENCRYPTION: "full disk encryption header pointer",
+    EXTERNAL_DATA_FILE: "external data file name",
+    DEDUPLICATION: "deduplication (2012 draft)",
+}
+FEATURE_GROUP = {0: "incompatible", 1: "compatible", 2: "autoclear"}
+QCOW2_MAX_BITMAPS = 65535
+QCOW2_MAX_BITMAP_DIRECTORY_SIZE = 1024 * QCOW2_MAX_BITMAPS
+FEATURE_ENTRY_SIZE = 48
+
+
+@dataclass
+class Extension:
+    """One header extension: where it is, what it is, its raw and parsed body."""
+
+    offset: int
+    magic: int
+    length: int
+    data: bytes
+    body: Any = None  # the Kaitai object for the body, when it parsed
+
+    @property
+    def name(self) -> str:
+        if self.magic == BITMAPS and self.length == 12:
+            return "dirty bitmaps (2015 draft layout)"
+        return NAMES.get(self.magic, f"unknown extension 0x{self.magic:08x}")
+
+    @property
+    def data_offset(self) -> int:
+        return self.offset + 8
+
+
+@dataclass
+class Extensions:
+    """The extension area of cluster 0, as walked by QEMU, with what it found."""
+
+    items: list[Extension] = field(default_factory=list)
+    findings: list[Finding] = field(default_factory=list)
+    end_offset: int = 0  # first byte after the last extension read
+
+    def first(self, magic: int) -> Extension | None:
+        return next((e for e in self.items if e.magic == magic), None)
+
+    def feature_table(self) -> dict[tuple[str, int], str]:
+        ext = self.first(FEATURE_NAME_TABLE)
+        if ext is None or ext.body is None:
+            return {}
+        table = {}
+        for entry in ext.body.entries:
+            group = FEATURE_GROUP.get(int(entry.feature_type))
+            if group is not None and entry.bit < 64:
+                table[(group, entry.bit)] = decode_name(entry.name.rstrip(b"\0"))
+        return table
+
+
+def read_extensions(h: Header, cluster0: bytes) -> Extensions:
+    """Walk the extensions from header_length to QEMU's ext_end, never past the bytes given."""
+    out = Extensions()
+    end = h.ext_end
+    offset = h.header_length
+    seen: set[int] = set()
+    while offset < end:
+        raw = cluster0[offset : offset + 8]
+        if len(raw) < 8:
+            out.findings.append(Finding("extension.truncated", Severity.CORRUPTION,
+                                        f"header extension at 0x{offset:x} is cut off by the end of the file",
+                                        "header extensions", offset))
+            break
+        magic = int.from_bytes(raw[:4], "big")
+        length = int.from_bytes(raw[4:], "big")
+        if offset + 8 > end - length:
+            out.findings.append(Finding("extension.too_large", Severity.CORRUPTION,
+                                        f"header extension 0x{magic:08x} at 0x{offset:x} has length {length}, "
+                                        f"running past the end of the extension area (0x{end:x})",
+                                        "header extensions", offset, qemu_message="Header extension too large"))
+            break
+        if magic == END:
+            out.end_offset = offset + 8
+            break
+        data = cluster0[offset + 8 : offset + 8 + length]
+        ext = Extension(offset, magic, length, data)
+        out.items.append(ext)
+        if magic in seen and magic in NAMES:
+            out.findings.append(Finding("extension.duplicate", Severity.WARNING,
+                                        f"{ext.name} extension appears more than once (again at 0x{offset:x}); "
+                                        "QEMU uses the last one", "header extensions", offset))
+        seen.add(magic)
+        if len(data) < length:
+            out.findings.append(Finding("extension.truncated", Severity.CORRUPTION,
+                                        f"{ext.name} extension at 0x{offset:x} is cut off by the end of the file",
+                                        "header extensions", offset))
+            break
+        _parse_body(ext, h, out.findings)
+        offset += 8 + ((length + 7) & ~7)
+        out.end_offset = offset
+    return out
+
+
+def _parse_body(ext: Extension, h: Header, findings: list[Finding]) -> None:
+    """Parse the body with the generated type and apply QEMU's checks for it."""
+    structure = f"{ext.name} extension"
+
+    def refuse(code: str, message: str, qemu: str) -> None:
+        findings.append(Finding(code, Severity.CORRUPTION, message, structure, ext.offset, qemu_message=qemu))
+
+    def note(code: str, severity: Severity, message: str) -> None:
+        findings.append(Finding(code, severity, message, structure, ext.offset))
+
+    try:
+        if ext.magic == BACKING_FORMAT:
+            ext.body = parse(Qcow2Header.BackingFileFormat, ext.data, structure=structure, offset=ext.data_offset)
+            if ext.length >= 16:
+                refuse("extension.backing_format_too_long",
+                       f"backing file format name is {ext.length} bytes; QEMU accepts at most 15",
+                       f"ERROR: ext_backing_format: len={ext.length} too large (>=16)")
+        elif ext.magic == FEATURE_NAME_TABLE:
+            usable = ext.length - ext.length % FEATURE_ENTRY_SIZE
+            if usable != ext.length:
+                note("extension.feature_table_partial_entry", Severity.WARNING,
+                     f"feature name table length {ext.length} is not a multiple of 48; "
+                     f"the last {ext.length - usable} bytes are ignored")
+            ext.body = parse(Qcow2Header.FeatureNameTable, ext.data[:usable], structure=structure,
+                             offset=ext.data_offset)
+        elif ext.magic == FULL_DISK_ENCRYPTION:
+            if h.crypt_method != QCOW_CRYPT_LUKS:
+                refuse("extension.crypto_without_luks",
+                       f"full disk encryption header pointer present but crypt_method is {h.crypt_method}, not 2 (LUKS)",
+                       "CRYPTO header extension only expected with LUKS encryption method")
+            elif ext.length != 16:
+                refuse("extension.crypto_length", f"full disk encryption header pointer is {ext.length} bytes, not 16",
+                       f"CRYPTO header extension size {ext.length}, but expected size 16")
+            if ext.length >= 16:
+                ext.body = parse(Qcow2Header.FullDiskEncryptionHeaderPointer, ext.data[:16], structure=structure,
+                                 offset=ext.data_offset)
+                ofs = ext.body.ofs_encryption_header
+                if h.crypt_method == QCOW_CRYPT_LUKS and ext.length == 16 and ofs % h.cluster_size:
+                    refuse("extension.crypto_offset_unaligned",
+                           f"encryption header offset 0x{ofs:x} is not aligned to the cluster size 0x{h.cluster_size:x}",
+                           f"Encryption header offset '{ofs}' is not a multiple of cluster size '{h.cluster_size}'")
+        elif ext.magic == BITMAPS:
+            _bitmaps_extension(ext, h, refuse, note)
+        elif ext.magic == EXTERNAL_DATA_FILE:
+            ext.body = parse(Qcow2Header.ExternalDataFileName, ext.data, structure=structure, offset=ext.data_offset)
+        elif ext.magic == DEDUPLICATION:
+            from ..formats.dedup_table import DedupTable
+
+            ext.body = parse(DedupTable.DedupExtension, ext.data, structure=structure, offset=ext.data_offset)
+            note("extension.deduplication_draft", Severity.INFO,
+                 "deduplication extension 0xCD8E819B from the 2012-2013 dedup draft; QEMU ignores it")
+        else:
+            note("extension.unknown", Severity.INFO,
+                 f"unknown header extension 0x{ext.magic:08x} ({ext.length} bytes); QEMU ignores and preserves it")
+    except StructureError as exc:
+        note("extension.unparsable", Severity.CORRUPTION, exc.message)
+
+
+def _bitmaps_extension(ext: Extension, h: Header, refuse, note) -> None:
+    """QEMU's checks of the bitmaps extension, in its order; the 12-byte body is the 2015 draft."""
+    if ext.length == 12:
+        from ..formats.draft_dirty_bitmaps import DraftDirtyBitmaps
+
+        ext.body = parse(DraftDirtyBitmaps.DirtyBitmapsExtension, ext.data, structure="dirty bitmaps extension",
+                         offset=ext.data_offset)
+        note("extension.early_dirty_bitmaps", Severity.INFO,
+             "12-byte bitmaps extension: the 2015 draft dirty bitmaps layout, which QEMU never released")
+    if ext.length != 24:
+        refuse("extension.bitmaps_length", f"bitmaps extension is {ext.length} bytes, not 24",
+               "bitmaps_ext: Invalid extension length")
+        return
+    nb = int.from_bytes(ext.data[0:4], "big")
+    reserved = int.from_bytes(ext.data[4:8], "big")
+    dir_size = int.from_bytes(ext.data[8:16], "big")
+    dir_offset = int.from_bytes(ext.data[16:24], "big")
+    if not h.autoclear_features & 1:
+        note("extension.bitmaps_autoclear_clear", Severity.WARNING,
+             "bitmaps extension present but autoclear bit 0 is clear: a program without bitmap support "
+             "modified the image, so every bitmap is inconsistent")
+        ext.body = _try_bitmaps_body(ext)
+        return
+    if reserved:
+        refuse("extension.bitmaps_reserved", f"bitmaps extension reserved field is 0x{reserved:x}, not 0",
+               "bitmaps_ext: Reserved field is not zero")
+    elif nb > QCOW2_MAX_BITMAPS:
+        refuse("extension.bitmaps_too_many", f"nb_bitmaps is {nb}; QEMU supports at most {QCOW2_MAX_BITMAPS}",
+               f"bitmaps_ext: Image has {nb} bitmaps, exceeding the QEMU supported maximum of {QCOW2_MAX_BITMAPS}")
+    elif nb == 0:
+        refuse("extension.bitmaps_zero", "nb_bitmaps is 0", "found bitmaps extension with zero bitmaps")
+    elif dir_offset % h.cluster_size:
+        refuse("extension.bitmaps_directory_unaligned",
+               f"bitmap_directory_offset 0x{dir_offset:x} is not aligned to the cluster size 0x{h.cluster_size:x}",
+               "bitmaps_ext: invalid bitmap directory offset")
+    elif dir_size > QCOW2_MAX_BITMAP_DIRECTORY_SIZE:
+        refuse("extension.bitmaps_directory_too_large",
+               f"bitmap_directory_size is {dir_size}; QEMU supports at most {QCOW2_MAX_BITMAP_DIRECTORY_SIZE}",
+               f"bitmaps_ext: bitmap directory size ({dir_size}) exceeds the maximum supported size "
+               f"({QCOW2_MAX_BITMAP_DIRECTORY_SIZE})")
+    ext.body = _try_bitmaps_body(ext)
+
+
+def _try_bitmaps_body(ext: Extension):
+    from ..formats.bitmaps import Bitmaps
+
+    try:
+        return parse(Bitmaps.BitmapsExtension, ext.data, structure="bitmaps extension", offset=ext.data_offset)
+    except StructureError:
+        return None  # reserved != 0 or nb == 0: already reported above

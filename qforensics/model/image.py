@@ -1,0 +1,237 @@
+"""The image model: a qcow2 file opened read-only, parsed lazily and boundedly.
+
+Every structure is read at most once and never beyond the end of the file,
+whatever the header claims. Problems become findings; only a file that is
+not qcow2 at all raises (ImageOpenError).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import ImageOpenError
+from ..findings import Finding, Severity
+from ..layers.file import FileLayer
+from . import tables
+from .bitmaps import BME_MAX_TABLE_SIZE, Bitmap, read_bitmap_directory
+from .encryption import LuksHeader, read_luks_header
+from .extensions import (BACKING_FORMAT, BITMAPS, DEDUPLICATION, EXTERNAL_DATA_FILE, FULL_DISK_ENCRYPTION,
+                         Extensions, read_extensions)
+from .header import (KAITAI_TO_SPEC, FIELDS, MAGIC, MAX_CLUSTER_BITS, MIN_CLUSTER_BITS, QCOW_CRYPT_LUKS,
+                     QCOW_MAX_L1_SIZE, QCOW_MAX_REFTABLE_SIZE, Header, check_header, feature_names, parse_header)
+from .kaitai import StructureError, decode_name
+from .snapshots import Snapshot, read_snapshots
+
+HEADER_PROBE = 4096
+MAX_CLUSTER0_READ = 1 << MAX_CLUSTER_BITS
+
+
+@dataclass(frozen=True)
+class Unreadable:
+    """A value that could not be read; ``reason`` says why (volatility's UnreadableValue)."""
+
+    reason: str
+
+    def __bool__(self) -> bool:
+        return False
+
+
+class Image:
+    """A qcow2 image opened read-only.
+
+    >>> img = Image("disk.qcow2")            # doctest: +SKIP
+    >>> img.header.cluster_size, len(img.snapshots), img.l1_table()[:4]
+    """
+
+    def __init__(self, path: str | os.PathLike[str]):
+        self.path = Path(path)
+        self.file = FileLayer(path)
+        try:
+            self._open()
+        except BaseException:
+            self.file.close()
+            raise
+
+    def _open(self) -> None:
+        probe = self.file.read(0, HEADER_PROBE)
+        if len(probe) < 4 or probe[:4] != MAGIC:
+            raise ImageOpenError(f"not a qcow2 image (magic {probe[:4].hex() or 'missing'}, expected 514649fb)",
+                                 structure="qcow2 header", offset=0)
+        version = int.from_bytes(probe[4:8], "big")
+        if version not in (2, 3):
+            raise ImageOpenError(f"version is {version}; qcow2 has versions 2 and 3"
+                                 + (" (version 1 is the older qcow format)" if version == 1 else ""),
+                                 structure="qcow2 header", offset=FIELDS["version"][0])
+        try:
+            self.header: Header = parse_header(probe)
+        except StructureError as exc:
+            spec = KAITAI_TO_SPEC.get(exc.field or "", exc.field)
+            offset = FIELDS.get(spec or "", (0, 0))[0]
+            message = exc.message.replace(exc.field, spec) if exc.field and spec else exc.message
+            raise ImageOpenError(message, structure="qcow2 header", offset=offset) from None
+        h = self.header
+        self.geometry_ok = MIN_CLUSTER_BITS <= h.cluster_bits <= MAX_CLUSTER_BITS
+        self.cluster0 = probe if not self.geometry_ok else self.file.read(0, min(h.cluster_size, MAX_CLUSTER0_READ))
+        self.extensions: Extensions = read_extensions(h, self.cluster0)
+        self.feature_table = self.extensions.feature_table()
+        self.open_findings: list[Finding] = check_header(h, self.file.size, self.feature_table)
+        self.open_findings += self.extensions.findings
+        if h.crypt_method == QCOW_CRYPT_LUKS and self.extensions.first(FULL_DISK_ENCRYPTION) is None:
+            self.open_findings.append(Finding("header.crypto_header_missing", Severity.CORRUPTION,
+                                              "crypt_method is 2 (LUKS) but there is no full disk encryption "
+                                              "header pointer extension", "qcow2 header", FIELDS["crypt_method"][0],
+                                              qemu_message=f"Missing CRYPTO header for crypt method {h.crypt_method}"))
+        if h.has_data_file and self.extensions.first(EXTERNAL_DATA_FILE) is None:
+            self.open_findings.append(Finding("header.data_file_name_missing", Severity.WARNING,
+                                              "incompatible bit 2 (external data file) is set but no external data "
+                                              "file name extension says which file; QEMU needs the data-file option",
+                                              "qcow2 header", FIELDS["incompatible_features"][0],
+                                              qemu_message="'data-file' is required for this image"))
+        if h.autoclear_features & 2 and not h.has_data_file:
+            # The spec forbids it; QEMU 7.2 opens such an image all the same.
+            self.open_findings.append(Finding("header.data_file_raw_without_data_file", Severity.WARNING,
+                                              "autoclear_features bit 1 (data-file-raw) is set without "
+                                              "incompatible_features bit 2 (external data file)", "qcow2 header",
+                                              FIELDS["autoclear_features"][0]))
+
+    # -- small structures ---------------------------------------------------------------------------------
+
+    @property
+    def findings(self) -> list[Finding]:
+        """Everything the model noticed while reading the structures asked for so far."""
+        out = list(self.open_findings)
+        for attr in ("_snapshots", "_bitmaps", "_luks"):
+            out += self.__dict__.get(attr, (None, []))[1]
+        return out
+
+    @property
+    def refusals(self) -> list[Finding]:
+        """Findings for which QEMU 7.2 refuses to open the image."""
+        return [f for f in self.findings if f.refused_by_qemu]
+
+    @property
+    def feature_names(self) -> dict[tuple[str, int], str]:
+        return feature_names(self.header, self.feature_table)
+
+    @cached_property
+    def backing_file(self) -> str | None:
+        """The backing file name as written in the image (never opened here)."""
+        h = self.header
+        if not h.backing_file_offset:
+            return None
+        raw = self.file.read(h.backing_file_offset, min(h.backing_file_size, 1023, MAX_CLUSTER0_READ))
+        return decode_name(raw)
+
+    @cached_property
+    def backing_format(self) -> str | None:
+        ext = self.extensions.first(BACKING_FORMAT)
+        return decode_name(ext.data) if ext is not None else None
+
+    @cached_property
+    def data_file(self) -> str | None:
+        """The external data file name from its extension (never opened here)."""
+        ext = self.extensions.first(EXTERNAL_DATA_FILE)
+        return decode_name(ext.data) if ext is not None else None
+
+    @cached_property
+    def _snapshots(self) -> tuple[list[Snapshot], list[Finding]]:
+        return read_snapshots(self.header, self.file.read, self.file.size)
+
+    @property
+    def snapshots(self) -> list[Snapshot]:
+        return self._snapshots[0]
+
+    @cached_property
+    def bitmaps_extension(self):
+        """The upstream (24-byte) bitmaps extension body, or None."""
+        ext = self.extensions.first(BITMAPS)
+        if ext is None or ext.body is None or not hasattr(ext.body, "num_bitmaps"):
+            return None
+        return ext.body
+
+    @cached_property
+    def _bitmaps(self) -> tuple[list[Bitmap], list[Finding]]:
+        ext = self.bitmaps_extension
+        if ext is None:
+            return [], []
+        return read_bitmap_directory(self.header, self.file.read, self.file.size, ext.num_bitmaps,
+                                     ext.ofs_bitmap_directory, min(ext.len_bitmap_directory, 1024 * 65535))
+
+    @property
+    def bitmaps(self) -> list[Bitmap]:
+        return self._bitmaps[0]
+
+    @cached_property
+    def _luks(self) -> tuple[LuksHeader | None, list[Finding]]:
+        ext = self.extensions.first(FULL_DISK_ENCRYPTION)
+        if self.header.crypt_method != QCOW_CRYPT_LUKS or ext is None or ext.body is None:
+            return None, []
+        return read_luks_header(self.file.read, ext.body.ofs_encryption_header, ext.body.len_encryption_header)
+
+    @property
+    def luks(self) -> LuksHeader | None:
+        return self._luks[0]
+
+    @cached_property
+    def dedup_extension(self):
+        ext = self.extensions.first(DEDUPLICATION)
+        return ext.body if ext is not None else None
+
+    # -- bulk tables (numpy) ------------------------------------------------------------------------------
+
+    def read_table(self, offset: int, nbytes: int, limit: int) -> bytes | Unreadable:
+        """Bytes of a table, refused above ``limit`` and clipped at the end of the file."""
+        if nbytes > limit:
+            return Unreadable(f"table of {nbytes} bytes at 0x{offset:x} exceeds the {limit}-byte limit")
+        if offset >= self.file.size:
+            return Unreadable(f"table at 0x{offset:x} starts past the end of the file (0x{self.file.size:x})")
+        return self.file.read(offset, nbytes)
+
+    def l1_table(self, offset: int | None = None, entries: int | None = None) -> np.ndarray | Unreadable:
+        """L1 entries as uint64 (the active table by default); short if the file ends early."""
+        h = self.header
+        offset = h.l1_table_offset if offset is None else offset
+        entries = h.l1_size if entries is None else entries
+        raw = self.read_table(offset, entries * 8, QCOW_MAX_L1_SIZE)
+        return raw if isinstance(raw, Unreadable) else tables.l1_entries(raw)
+
+    def l2_table(self, offset: int) -> tuple[np.ndarray, np.ndarray | None] | Unreadable:
+        """Descriptors (and extended-L2 bitmaps) of the L2 table at ``offset``."""
+        if not self.geometry_ok:
+            return Unreadable(f"cluster_bits {self.header.cluster_bits} is not usable")
+        raw = self.read_table(offset, self.header.cluster_size, self.header.cluster_size)
+        return raw if isinstance(raw, Unreadable) else tables.l2_entries(raw, self.header.extended_l2)
+
+    def refcount_table(self) -> np.ndarray | Unreadable:
+        h = self.header
+        if not self.geometry_ok:
+            return Unreadable(f"cluster_bits {h.cluster_bits} is not usable")
+        raw = self.read_table(h.refcount_table_offset, h.refcount_table_clusters * h.cluster_size,
+                              QCOW_MAX_REFTABLE_SIZE)
+        return raw if isinstance(raw, Unreadable) else tables.refcount_table(raw)
+
+    def refcount_block(self, offset: int) -> np.ndarray | Unreadable:
+        h = self.header
+        if not self.geometry_ok:
+            return Unreadable(f"cluster_bits {h.cluster_bits} is not usable")
+        raw = self.read_table(offset, h.cluster_size, h.cluster_size)
+        return raw if isinstance(raw, Unreadable) else tables.refcount_block(raw, h.refcount_order)
+
+    def bitmap_table(self, bitmap: Bitmap) -> np.ndarray | Unreadable:
+        """Entries of one bitmap's table (spec "Bitmap table"), bounded by QEMU's BME_MAX_TABLE_SIZE."""
+        raw = self.read_table(bitmap.table_offset, bitmap.table_size * 8, BME_MAX_TABLE_SIZE * 8)
+        return raw if isinstance(raw, Unreadable) else tables.bitmap_table(raw)
+
+    def close(self) -> None:
+        self.file.close()
+
+    def __enter__(self) -> Image:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
