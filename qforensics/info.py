@@ -130,8 +130,21 @@ def build_info(img: Image, filename: str) -> dict:
                         "active-slots": [s.index for s in img.luks.slots if s.active]}
     if img.dedup_extension is not None:
         d = img.dedup_extension
-        info["deduplication"] = {"table-offset": d.ofs_dedup_table, "table-size": d.len_dedup_table,
-                                 "hash-algorithm": None if opt(d, "hash_algorithm") is None else int(d.hash_algorithm)}
+        table = img.dedup_table
+        info["deduplication"] = {
+            "draft": "2012-2013 deduplication RFC (seed 000)",
+            "table-offset": d.ofs_dedup_table, "table-size": d.len_dedup_table,
+            "table-size-unit": "level-1 entries",
+            "hash-algorithm": "sha256" if opt(d, "hash_algorithm") in (None, 0) else int(d.hash_algorithm),
+            "l2-entries-per-cluster": table.entries_per_cluster if table else None,
+            "l2-cluster-offsets": table.l2_offsets if table else [],
+        }
+    if img.draft_bitmaps:
+        info["early-dirty-bitmaps"] = [
+            {"index": b.index, "entry-offset": b.entry_offset, "name": b.name, "granularity": b.granularity,
+             "size-sectors": b.size_sectors, "l1-table-offset": b.l1_table_offset, "l1-size": b.l1_size}
+            for b in img.draft_bitmaps
+        ]
     info["qemu-would-refuse"] = [f.qemu_message for f in img.refusals]
     info["findings"] = [f.to_json() for f in img.findings]
     return info
@@ -202,9 +215,9 @@ def render_human(info: dict) -> str:
         lines.append(f"  {group + ':':14s} 0x{raw:x}: {shown}")
     lines += ["", "header extensions:"]
     for e in info["extensions"] or []:
-        detail = e.get("value") or ", ".join(f"{k} {v:#x}" if isinstance(v, int) else f"{k} {v}"
-                                             for k, v in e.items() if k not in ("offset", "magic", "name", "length",
-                                                                                "entries"))
+        detail = e.get("value") or ", ".join(
+            f"{k} {v:#x}" if isinstance(v, int) and ("offset" in k or "size" in k) else f"{k} {v}"
+            for k, v in e.items() if k not in ("offset", "magic", "name", "length", "entries"))
         lines.append(f"  0x{e['offset']:05x}  {e['magic']}  {e['name']} ({e['length']} bytes)"
                      + (f": {detail}" if detail else ""))
     if not info["extensions"]:
@@ -236,7 +249,14 @@ def render_human(info: dict) -> str:
                          f"{','.join(b['flag-names']) or '-'}, type {b['type']}, table 0x{b['bitmap-table-offset']:x}")
     if "deduplication" in info:
         dd = info["deduplication"]
-        lines += ["", f"deduplication:    table at 0x{dd['table-offset']:x}, size {dd['table-size']} (2012 draft)"]
+        lines += ["", f"deduplication:    {dd['draft']}: level-1 table at 0x{dd['table-offset']:x}, "
+                  f"{dd['table-size']} {dd['table-size-unit']}, {dd['hash-algorithm']}, "
+                  f"{len(dd['l2-cluster-offsets'])} level-2 clusters of {dd['l2-entries-per-cluster']} entries"]
+    if "early-dirty-bitmaps" in info:
+        lines += ["", "dirty bitmaps (2015 draft layout):"]
+        for b in info["early-dirty-bitmaps"]:
+            lines.append(f"  {b['name']!s:20.20s} granularity {b['granularity']}, {b['size-sectors']} sectors, "
+                         f"L1 0x{b['l1-table-offset']:x} ({b['l1-size']} entries)")
     if info["findings"]:
         lines += ["", "findings:"]
         order = [str(s) for s in Severity]

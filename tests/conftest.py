@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 CORPUS = Path(__file__).parent / "corpus" / "images"
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def load_cases() -> dict[str, dict]:
@@ -57,3 +60,10 @@ def qemu_info_json(path: Path) -> dict:
     res = qemu_img("info", "--output=json", path.name, cwd=path.parent)
     assert res.returncode == 0, res.stderr
     return json.loads(res.stdout)
+
+
+def run_qforensics(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """The CLI of this source tree (not whatever copy pip installed), as a user runs it."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", "qforensics", *args], capture_output=True, text=True, cwd=cwd,
+                          env=env, timeout=120)

@@ -3,19 +3,16 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 
-from conftest import CASES, VALID_CASES, image_path, qcow2_files, qemu_img
+from conftest import CASES, VALID_CASES, image_path, qcow2_files, qemu_img, run_qforensics
 
 FILES = [(case, name) for case in VALID_CASES for name in qcow2_files(case)]
 
 
 def run_info(path, *extra):
-    return subprocess.run([sys.executable, "-m", "qforensics", "info", "--output", "json", path.name, *extra],
-                          capture_output=True, text=True, cwd=path.parent, timeout=120)
+    return run_qforensics("info", "--output", "json", path.name, *extra, cwd=path.parent)
 
 
 def assert_states_same_facts(qemu, ours, where="$"):
@@ -78,8 +75,7 @@ def test_every_corpus_image_parses_as_provenance_says(corpus, case):
 def test_human_output_names_every_feature(corpus):
     case = next(c for c in VALID_CASES if "bitmaps" in CASES[c]["features"])
     path = image_path(corpus, case)
-    res = subprocess.run([sys.executable, "-m", "qforensics", "info", path.name], capture_output=True, text=True,
-                         cwd=path.parent, timeout=120)
+    res = run_qforensics("info", path.name, cwd=path.parent)
     assert res.returncode == 0, res.stderr
     assert "bit 0 bitmaps" in res.stdout
     assert "feature name table" in res.stdout

@@ -19,6 +19,8 @@ from ..findings import Finding, Severity
 from ..layers.file import FileLayer
 from . import tables
 from .bitmaps import BME_MAX_TABLE_SIZE, Bitmap, read_bitmap_directory
+from .dedup import DedupTable, read_dedup_table
+from .draft_bitmaps import DraftBitmap, read_draft_bitmaps
 from .encryption import LuksHeader, read_luks_header
 from .extensions import (BACKING_FORMAT, BITMAPS, DEDUPLICATION, EXTERNAL_DATA_FILE, FULL_DISK_ENCRYPTION,
                          Extensions, read_extensions)
@@ -105,13 +107,14 @@ class Image:
     def findings(self) -> list[Finding]:
         """Everything the model noticed while reading the structures asked for so far."""
         out = list(self.open_findings)
-        for attr in ("_snapshots", "_bitmaps", "_luks"):
+        for attr in ("_snapshots", "_bitmaps", "_luks", "_dedup", "_draft_bitmaps"):
             out += self.__dict__.get(attr, (None, []))[1]
         return out
 
     @property
     def refusals(self) -> list[Finding]:
-        """Findings for which QEMU 7.2 refuses to open the image."""
+        """Findings for which QEMU 7.2 refuses to open the image (reads what qemu reads at open first)."""
+        self._snapshots, self._bitmaps, self._luks  # noqa: B018 - cached reads, for their findings
         return [f for f in self.findings if f.refused_by_qemu]
 
     @property
@@ -181,6 +184,31 @@ class Image:
     def dedup_extension(self):
         ext = self.extensions.first(DEDUPLICATION)
         return ext.body if ext is not None else None
+
+    @cached_property
+    def _dedup(self) -> tuple[DedupTable | None, list[Finding]]:
+        d = self.dedup_extension
+        if d is None or not self.geometry_ok:
+            return None, []
+        return read_dedup_table(self.header, self.file.read, self.file.size, d.ofs_dedup_table, d.len_dedup_table)
+
+    @property
+    def dedup_table(self) -> DedupTable | None:
+        """Level 1 of the draft deduplication table (seed 000), when the extension is present."""
+        return self._dedup[0]
+
+    @cached_property
+    def _draft_bitmaps(self) -> tuple[list[DraftBitmap], list[Finding]]:
+        ext = self.extensions.first(BITMAPS)
+        if ext is None or ext.length != 12 or ext.body is None:
+            return [], []
+        return read_draft_bitmaps(self.file.read, self.file.size, ext.body.num_dirty_bitmaps,
+                                  ext.body.ofs_dirty_bitmaps)
+
+    @property
+    def draft_bitmaps(self) -> list[DraftBitmap]:
+        """Bitmaps in the 2015 draft layout (seed 003), when the extension has its 12-byte body."""
+        return self._draft_bitmaps[0]
 
     # -- bulk tables (numpy) ------------------------------------------------------------------------------
 
