@@ -24,7 +24,7 @@ def assert_states_same_facts(qemu, ours, where="$"):
             assert_states_same_facts(value, ours[key], f"{where}.{key}")
     elif isinstance(qemu, list):
         assert isinstance(ours, list) and len(ours) == len(qemu), f"{where}: qemu {qemu!r}, ours {ours!r}"
-        for i, (q, o) in enumerate(zip(qemu, ours)):
+        for i, (q, o) in enumerate(zip(qemu, ours, strict=True)):
             assert_states_same_facts(q, o, f"{where}[{i}]")
     else:
         assert ours == qemu, f"{where}: qemu says {qemu!r}, we say {ours!r}"

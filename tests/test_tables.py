@@ -61,7 +61,7 @@ def test_l2_entries(corpus, case):
             assert [p.ofs_host_cluster for p in plain] == [int(x) for x in desc & tables.L2E_OFFSET_MASK]
             assert [p.reads_as_zero for p in plain] == [bool(x & tables.OFLAG_ZERO) for x in desc]
             c_off, c_sec = tables.compressed_fields(desc, h.cluster_bits)
-            for p, o, n in zip(plain, c_off, c_sec):
+            for p, o, n in zip(plain, c_off, c_sec, strict=True):
                 if p.compressed:
                     seen_compressed = True
                     assert (p.ofs_compressed, p.num_additional_sectors + 1) == (int(o), int(n))

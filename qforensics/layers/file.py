@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 
 from ..errors import ImageOpenError
@@ -28,11 +29,11 @@ class FileLayer:
         except OSError as exc:
             os.close(self._fd)
             raise ImageOpenError(exc.strerror or str(exc), structure=str(self.path)) from None
-        if not (os.path.stat.S_ISREG(st.st_mode) or os.path.stat.S_ISBLK(st.st_mode)):
+        if not (stat.S_ISREG(st.st_mode) or stat.S_ISBLK(st.st_mode)):
             os.close(self._fd)
             raise ImageOpenError("not a regular file or block device", structure=str(self.path))
-        self.size = st.st_size if os.path.stat.S_ISREG(st.st_mode) else os.lseek(self._fd, 0, os.SEEK_END)
-        self.allocated_bytes = st.st_blocks * 512 if os.path.stat.S_ISREG(st.st_mode) else self.size
+        self.size = st.st_size if stat.S_ISREG(st.st_mode) else os.lseek(self._fd, 0, os.SEEK_END)
+        self.allocated_bytes = st.st_blocks * 512 if stat.S_ISREG(st.st_mode) else self.size
 
     def read(self, offset: int, length: int) -> bytes:
         """Bytes [offset, offset+length) clipped to the end of the file."""

@@ -175,7 +175,7 @@ def _warning(code: str, field: str, message: str) -> Finding:
     return Finding(code, Severity.WARNING, message, "qcow2 header", FIELDS[field][0])
 
 
-def feature_names(h: Header, table: dict[tuple[str, int], str]) -> dict[tuple[str, int], str]:
+def feature_names(table: dict[tuple[str, int], str]) -> dict[tuple[str, int], str]:
     """Names of feature bits: the image's own feature name table over QEMU's."""
     return {**KNOWN_FEATURES, **table}
 

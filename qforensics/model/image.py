@@ -119,7 +119,7 @@ class Image:
 
     @property
     def feature_names(self) -> dict[tuple[str, int], str]:
-        return feature_names(self.header, self.feature_table)
+        return feature_names(self.feature_table)
 
     @cached_property
     def backing_file(self) -> str | None:
