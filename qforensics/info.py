@@ -10,10 +10,14 @@ from __future__ import annotations
 import os
 from datetime import UTC, datetime
 
+import numpy as np
+
 from .findings import Severity
 from .model import Image
 from .model.extensions import FEATURE_NAME_TABLE
+from .model.journal import find_journals
 from .model.kaitai import opt
+from .model.references import reference_counts
 from .model.header import COMPRESSION_TYPES, CRYPT_METHODS, FEATURE_GROUPS, KNOWN_MASKS
 
 QEMU_DRAFT_BIT1 = "deduplication (2012 draft, dedup extension present)"
@@ -145,6 +149,16 @@ def build_info(img: Image, filename: str) -> dict:
              "size-sectors": b.size_sectors, "l1-table-offset": b.l1_table_offset, "l1-size": b.l1_size}
             for b in img.draft_bitmaps
         ]
+    if img.geometry_ok:
+        refs = reference_counts(img)
+        journals = find_journals(img, np.nonzero(refs.counts == 0)[0])
+        if journals:
+            info["journals"] = [
+                {"offset": a.offset, "found-by": "scan of unreferenced clusters (no pointer exists)",
+                 "journal-clusters": [{"offset": j.offset, "entries": len(j.entries), "hash-entries": j.hash_entries,
+                                       "ending": j.ending} for j in a.clusters]}
+                for a in journals
+            ]
     info["qemu-would-refuse"] = [f.qemu_message for f in img.refusals]
     info["findings"] = [f.to_json() for f in img.findings]
     return info
@@ -252,6 +266,12 @@ def render_human(info: dict) -> str:
         lines += ["", f"deduplication:    {dd['draft']}: level-1 table at 0x{dd['table-offset']:x}, "
                   f"{dd['table-size']} {dd['table-size-unit']}, {dd['hash-algorithm']}, "
                   f"{len(dd['l2-cluster-offsets'])} level-2 clusters of {dd['l2-entries-per-cluster']} entries"]
+    if "journals" in info:
+        lines += ["", "journals (2013 draft, found by scanning unreferenced clusters):"]
+        for a in info["journals"]:
+            ends = ", ".join(f"0x{j['offset']:x} {j['hash-entries']} hash entries, {j['ending']}"
+                             for j in a["journal-clusters"])
+            lines.append(f"  0x{a['offset']:x}: {ends}")
     if "early-dirty-bitmaps" in info:
         lines += ["", "dirty bitmaps (2015 draft layout):"]
         for b in info["early-dirty-bitmaps"]:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from conftest import CASES, image_path, run_qforensics
 from qforensics import open_image
 from qforensics.model.dedup import dedup_entries
@@ -47,3 +49,19 @@ def test_early_bitmaps_located(corpus):
         [(b["name"], b["granularity"], b["size_sectors"], b["l1_offset"], b["l1_entries"]) for b in want]
     assert info["qemu-would-refuse"] == ["bitmaps_ext: Invalid extension length"]
     assert any(e["name"] == "dirty bitmaps (2015 draft layout)" for e in info["extensions"])
+
+
+@pytest.mark.parametrize(("case", "endings"), [
+    ("draft_journal", ["end", "none"]),
+    ("draft_dedup_journal", ["end", "none"]),
+    ("draft_journal_entry_spans_clusters", ["overrun"]),
+    ("draft_journal_cluster_without_end", ["none", "none"]),
+])
+def test_journal_found_by_scanning(corpus, case, endings):
+    want = layout(case, "journal")
+    info = info_json(image_path(corpus, case))
+    (area,) = info["journals"]
+    assert area["offset"] == want["journal_offset"]
+    assert [j["ending"] for j in area["journal-clusters"]] == endings
+    if CASES[case]["valid"]:
+        assert sum(j["hash-entries"] for j in area["journal-clusters"]) == want["hash_entries"]

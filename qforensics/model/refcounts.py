@@ -1,0 +1,34 @@
+"""Stored refcounts of every host cluster of the file (spec "Host cluster management"), as one numpy array."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import tables
+from .image import Image, Unreadable
+
+
+def stored_refcounts(img: Image) -> np.ndarray | Unreadable:
+    """Refcount of each cluster of the file as the refcount blocks state it (uint64; 0 where no block).
+
+    Blocks that are unaligned or outside the file are skipped (check reports them);
+    refcounts of clusters past the end of the file are not in this array.
+    """
+    h = img.header
+    reft = img.refcount_table()
+    if isinstance(reft, Unreadable):
+        return reft
+    nclusters = -(-img.file.size // h.cluster_size)
+    per_block = h.cluster_size * 8 // h.refcount_bits
+    out = np.zeros(nclusters, dtype=np.uint64)
+    blocks = (reft & tables.REFT_OFFSET_MASK).tolist()
+    for i, offset in enumerate(blocks[: -(-nclusters // per_block)]):
+        if offset == 0 or offset % h.cluster_size or offset >= img.file.size:
+            continue
+        block = img.refcount_block(offset)
+        if isinstance(block, Unreadable):
+            continue
+        start = i * per_block
+        n = min(per_block, nclusters - start, len(block))
+        out[start:start + n] = block[:n]
+    return out
