@@ -35,6 +35,18 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_check(args: argparse.Namespace) -> int:
+    from .checks import check_image, render_human as render_check
+
+    with Image(args.image) as img:
+        report = check_image(img)
+    if args.output == "json":
+        sys.stdout.write(json.dumps(report.to_json(args.image), indent=4) + "\n")
+    else:
+        sys.stdout.write(render_check(report, args.image))
+    return report.exit_code
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="qforensics", description="Forensic analysis of qcow2 disk images.")
     parser.add_argument("--version", action="version", version=f"qforensics {__version__}")
@@ -45,6 +57,11 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--force", action="store_true",
                       help="describe the image even when qemu would refuse to open it (the reasons are findings)")
     info.set_defaults(func=_cmd_info)
+    check = sub.add_parser("check", help="check consistency as qemu-img check does, and what it misses; "
+                           "exit 0 clean, 1 failed, 2 corruptions, 3 leaks only")
+    check.add_argument("image")
+    check.add_argument("--output", choices=("human", "json"), default="human")
+    check.set_defaults(func=_cmd_check)
     return parser
 
 

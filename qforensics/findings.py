@@ -27,6 +27,8 @@ class Finding:
     ``message`` names the field, its value and the limit. ``qemu_message`` is
     the text QEMU 7.2 prints when it refuses to open the image for this reason
     (None when QEMU accepts it), so a refusal can be compared with qemu's.
+    ``qemu_counts`` says which `qemu-img check` counter the finding stands for;
+    findings beyond qemu leave it None, so qemu's numbers stay comparable.
     """
 
     code: str
@@ -36,6 +38,8 @@ class Finding:
     host_offset: int | None = None
     guest_offset: int | None = None
     qemu_message: str | None = None
+    qemu_check: str | None = None  # the line `qemu-img check` prints for the same fault
+    qemu_counts: str | None = None  # the qemu-img check counter it adds to: corruptions, leaks, check-errors
 
     @property
     def refused_by_qemu(self) -> bool:

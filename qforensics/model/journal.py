@@ -63,7 +63,7 @@ def parse_journal_cluster(raw: bytes, offset: int) -> JournalCluster | None:
         pos += e.len_entry if kind != TYPE_NONE else 0
         if kind == TYPE_NONE:
             break
-    last_size, last_type = entries[-1][1], entries[-1][2]
+    last_type = entries[-1][2]
     if last_type == TYPE_END:
         ending = "end" if pos == JOURNAL_CLUSTER else "overrun" if pos > JOURNAL_CLUSTER else "unterminated"
     elif last_type == TYPE_NONE:

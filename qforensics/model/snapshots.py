@@ -37,6 +37,7 @@ class Snapshot:
     vm_clock_nsec: int
     vm_state_size: int
     extra_data_size: int
+    entry_size: int
     disk_size: int | None
     icount: int | None
 
@@ -78,6 +79,13 @@ def read_snapshots(h: Header, read, file_size: int) -> tuple[list[Snapshot], lis
                                     f"snapshot table is larger than QEMU's limit of {QCOW_MAX_SNAPSHOTS_SIZE} bytes "
                                     f"at entry {i}", STRUCTURE, start, qemu_message="Snapshot table is too big"))
             break
+        extra_size = int.from_bytes(data[pos + 36:pos + 40], "big") if pos + 40 <= len(data) else 0
+        if extra_size > QCOW_MAX_SNAPSHOT_EXTRA_DATA:  # checked before the entry is read, as qemu does
+            findings.append(Finding("snapshot.extra_data_too_large", Severity.CORRUPTION,
+                                    f"snapshot entry {i} has {extra_size} bytes of extra data; QEMU allows "
+                                    f"at most {QCOW_MAX_SNAPSHOT_EXTRA_DATA}", STRUCTURE, start + pos,
+                                    qemu_message=f"Too much extra metadata in snapshot table entry {i}"))
+            break
         try:
             e = SnapshotTable.SnapshotEntry(io)
         except (EOFError, kaitaistruct.KaitaiStructError, ValueError):
@@ -93,14 +101,10 @@ def read_snapshots(h: Header, read, file_size: int) -> tuple[list[Snapshot], lis
             index=i, entry_offset=start + pos, id=decode_name(e.id), name=decode_name(e.name),
             l1_table_offset=e.ofs_l1_table, l1_size=e.num_l1_entries, date_sec=e.date_sec, date_nsec=e.date_nsec,
             vm_clock_nsec=e.vm_clock_nsec, vm_state_size=vm_state, extra_data_size=e.len_extra_data,
+            entry_size=io.pos() - pos,
             disk_size=opt(extra, "len_virtual_disk"), icount=opt(extra, "icount"),
         )
         out.append(snap)
-        if e.len_extra_data > QCOW_MAX_SNAPSHOT_EXTRA_DATA:
-            findings.append(Finding("snapshot.extra_data_too_large", Severity.CORRUPTION,
-                                    f"snapshot entry {i} has {e.len_extra_data} bytes of extra data; QEMU allows "
-                                    f"at most {QCOW_MAX_SNAPSHOT_EXTRA_DATA}", STRUCTURE, snap.entry_offset,
-                                    qemu_message=f"Too much extra metadata in snapshot table entry {i}"))
         if h.version >= 3 and e.len_extra_data < 16:
             findings.append(Finding("snapshot.extra_data_incomplete", Severity.CORRUPTION,
                                     f"snapshot entry {i} has {e.len_extra_data} bytes of extra data; version 3 "

@@ -1,0 +1,110 @@
+"""The checks: each family is a function from the image model to findings.
+
+`check_image` runs them all and derives `qemu-img check`'s counters from the
+findings that stand for qemu's own (``Finding.qemu_counts``), so qemu's
+numbers stay comparable while our extra findings ride along.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..findings import Finding, Severity
+from ..model import Image
+from .refcounts import Stats, check_refcounts
+
+EXIT_CLEAN, EXIT_FAILED, EXIT_CORRUPT, EXIT_LEAKS = 0, 1, 2, 3
+
+
+@dataclass
+class CheckReport:
+    """Everything `qforensics check` found, and qemu-img check's numbers."""
+
+    findings: list[Finding]
+    stats: Stats
+    refusals: list[Finding] = field(default_factory=list)
+
+    def count(self, counter: str) -> int:
+        return sum(1 for f in self.findings if f.qemu_counts == counter)
+
+    @property
+    def exit_code(self) -> int:
+        """qemu-img check's: 1 when it would fail (open refused, internal errors), else 2, 3 or 0."""
+        if self.refusals or self.count("check-errors"):
+            return EXIT_FAILED
+        if self.count("corruptions"):
+            return EXIT_CORRUPT
+        if self.count("leaks"):
+            return EXIT_LEAKS
+        return EXIT_CLEAN
+
+    def to_json(self, filename: str) -> dict:
+        """qemu-img check's keys, always present (qemu omits zeros), then ours."""
+        s = self.stats
+        return {
+            "filename": filename,
+            "format": "qcow2",
+            "check-errors": self.count("check-errors"),
+            "corruptions": self.count("corruptions"),
+            "leaks": self.count("leaks"),
+            "image-end-offset": s.image_end_offset,
+            "total-clusters": s.total_clusters,
+            "allocated-clusters": s.allocated_clusters,
+            "fragmented-clusters": s.fragmented_clusters,
+            "compressed-clusters": s.compressed_clusters,
+            "qemu-would-refuse": [f.qemu_message for f in self.refusals],
+            "findings": [f.to_json() for f in self.findings],
+        }
+
+
+def check_image(img: Image) -> CheckReport:
+    """Run every check family on an opened image."""
+    refusals = img.refusals
+    findings = list(img.findings)
+    if not img.geometry_ok:
+        findings.append(Finding("check.geometry_unusable", Severity.CORRUPTION,
+                                f"cluster_bits {img.header.cluster_bits} makes the tables unreadable; only the "
+                                "header was checked", "qcow2 header", 20, qemu_counts="check-errors"))
+        return CheckReport(findings, Stats(), refusals)
+    refcount_findings, stats = check_refcounts(img)
+    findings += refcount_findings
+    return CheckReport(findings, stats, refusals)
+
+
+def render_human(report: CheckReport, filename: str) -> str:
+    """Findings grouped by severity, offsets in hex, then qemu-img check's summary lines."""
+    lines = [f"image: {filename}"]
+    if report.refusals:
+        lines.append("QEMU would refuse to open this image:")
+        lines += [f"  {f.qemu_message}" for f in report.refusals]
+    for severity in Severity:
+        group = [f for f in report.findings if f.severity == severity]
+        if not group:
+            continue
+        lines.append(f"\n{severity.upper()} ({len(group)}):")
+        for f in group:
+            at = "" if f.host_offset is None else f" at 0x{f.host_offset:x}"
+            lines.append(f"  {f.code}: {f.structure}{at}: {f.message}")
+    c, lk, e = report.count("corruptions"), report.count("leaks"), report.count("check-errors")
+    lines.append("")
+    if not (c or lk or e):
+        lines.append("No errors were found on the image.")
+    if c:
+        lines.append(f"{c} errors were found on the image.\nData may be corrupted, or further writes to the image "
+                     "may corrupt it.")
+    if lk:
+        lines.append(f"{lk} leaked clusters were found on the image.\nThis means waste of disk space, but no harm "
+                     "to data.")
+    if e:
+        lines.append(f"{e} internal errors have occurred during the check.")
+    s = report.stats
+    if s.total_clusters and s.allocated_clusters:
+        lines.append(f"{s.allocated_clusters}/{s.total_clusters} = {s.allocated_clusters * 100 / s.total_clusters:.2f}% "
+                     f"allocated, {s.fragmented_clusters * 100 / s.allocated_clusters:.2f}% fragmented, "
+                     f"{s.compressed_clusters * 100 / s.allocated_clusters:.2f}% compressed clusters")
+    if s.image_end_offset:
+        lines.append(f"Image end offset: {s.image_end_offset}")
+    return "\n".join(lines) + "\n"
+
+
+__all__ = ["CheckReport", "check_image", "render_human"]

@@ -1,0 +1,499 @@
+"""Refcount consistency, as `qemu-img check` judges it, plus OFLAG_COPIED and L1/L2 entry rules.
+
+Reference: block/qcow2-refcount.c (QEMU 7.2) qcow2_check_refcounts,
+calculate_refcounts, check_refcounts_l1/l2, check_refblocks,
+compare_refcounts, check_oflag_copied; block/qcow2-bitmap.c
+qcow2_check_bitmaps_refcounts; block/qcow2-snapshot.c
+qcow2_check_read_snapshot_table. Each finding carries the line qemu prints
+(`qemu_check`) and the counter it adds to (`qemu_counts`).
+
+References are counted in a numpy array (the in-memory refcount table);
+each L2 table is decoded once per visit with vectorised masks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..findings import Finding, Severity
+from ..model import Image, Unreadable
+from ..model import tables as T
+from ..model.header import QCOW_MAX_L1_SIZE
+
+MAX_FINDINGS_PER_CODE = 10_000
+L2_BITMAP_ALL_ALLOC = np.uint64(0xFFFFFFFF)
+# qcow2_get_cluster_type
+UNALLOCATED, NORMAL, COMPRESSED, ZERO_PLAIN, ZERO_ALLOC = range(5)
+
+
+@dataclass
+class Stats:
+    """The numbers `qemu-img check` reports besides its counters (BlockFragInfo, image_end_offset)."""
+
+    total_clusters: int = 0
+    allocated_clusters: int = 0
+    fragmented_clusters: int = 0
+    compressed_clusters: int = 0
+    image_end_offset: int = 0
+
+
+@dataclass
+class _Run:
+    img: Image
+    findings: list[Finding] = field(default_factory=list)
+    stats: Stats = field(default_factory=Stats)
+    per_code: dict[str, int] = field(default_factory=dict)
+    dropped: dict[str, int] = field(default_factory=dict)
+    qemu_stopped: bool = False  # past the point where qemu-img check gives up: our findings only
+
+    def __post_init__(self) -> None:
+        h = self.img.header
+        self.cb, self.cs = h.cluster_bits, h.cluster_size
+        self.file_size = self.img.file.size
+        self.nb_clusters = -(-self.file_size // self.cs)
+        # one spare cluster: qemu accepts references less than a cluster past EOF and grows its table
+        self.imrt = np.zeros(self.nb_clusters + 1, dtype=np.uint64)
+        self.extent = self.nb_clusters
+        self.refcount_max = (1 << h.refcount_bits) - 1
+        self._blocks: dict[int, np.ndarray] = {}
+        reft = self.img.refcount_table()
+        self.reftable = np.zeros(0, dtype=np.uint64) if isinstance(reft, Unreadable) else reft
+        self.reftable_entries = h.refcount_table_clusters * self.cs // 8
+        self.per_block = self.cs * 8 // h.refcount_bits
+
+    # -- findings ---------------------------------------------------------------------------------------
+
+    def add(self, code: str, severity: Severity, message: str, structure: str, host_offset: int | None,
+            qemu_check: str | None, counts: str | None = "corruptions", guest_offset: int | None = None) -> None:
+        n = self.per_code.get(code, 0)
+        self.per_code[code] = n + 1
+        if n >= MAX_FINDINGS_PER_CODE:
+            self.dropped[code] = self.dropped.get(code, 0) + 1
+            return
+        if self.qemu_stopped:
+            qemu_check = counts = None
+        self.findings.append(Finding(code, severity, message, structure, host_offset, guest_offset,
+                                     qemu_check=qemu_check, qemu_counts=counts))
+
+    # -- in-memory refcount table ------------------------------------------------------------------------
+
+    def inc_range(self, offset: int, size: int, what: str) -> None:
+        """qcow2_inc_refcounts_imrt for one byte range."""
+        if size <= 0:
+            return
+        if offset + size - self.file_size >= self.cs:
+            self.add("refcount.reference_past_eof", Severity.CORRUPTION,
+                     f"{what} at 0x{offset:x} (+0x{size:x}) runs one cluster or more past the end of the file "
+                     f"(0x{self.file_size:x})", what, offset,
+                     f"ERROR: counting reference for region exceeding the end of the file by one cluster or more: "
+                     f"offset 0x{offset:x} size 0x{size:x}")
+            return
+        first, last = offset >> self.cb, (offset + size - 1) >> self.cb
+        self.extent = max(self.extent, last + 1)
+        self.imrt[first:last + 1] += np.uint64(1)
+
+    def inc_clusters(self, offsets: np.ndarray, sizes: np.ndarray | int, what: str) -> None:
+        """inc_range for many ranges at once (vectorised)."""
+        if offsets.size == 0:
+            return
+        offsets = offsets.astype(np.uint64)
+        sizes = np.broadcast_to(np.asarray(sizes, dtype=np.uint64), offsets.shape)
+        end = offsets + sizes
+        past = end > np.uint64(self.file_size) + np.uint64(self.cs - 1)
+        for o, n in zip(offsets[past].tolist(), sizes[past].tolist(), strict=True):
+            self.inc_range(o, n, what)
+        offsets, end = offsets[~past], end[~past]
+        if offsets.size == 0:
+            return
+        first = (offsets >> np.uint64(self.cb)).astype(np.int64)
+        last = ((end - np.uint64(1)) >> np.uint64(self.cb)).astype(np.int64)
+        self.extent = max(self.extent, int(last.max()) + 1)
+        span = last - first
+        for k in range(int(span.max()) + 1):
+            idx = (first + k)[span >= k]
+            self.imrt += np.bincount(idx, minlength=len(self.imrt)).astype(np.uint64)
+
+    # -- stored refcounts (qcow2_get_refcount) -------------------------------------------------------------
+
+    def block(self, rt_index: int) -> np.ndarray | None:
+        """Refcounts of one block; None when qemu's lookup fails (unaligned block offset)."""
+        if rt_index >= self.reftable_entries or rt_index >= len(self.reftable):
+            return np.zeros(self.per_block, dtype=np.uint64)
+        offset = int(self.reftable[rt_index] & T.REFT_OFFSET_MASK)
+        if offset == 0:
+            return np.zeros(self.per_block, dtype=np.uint64)
+        if offset % self.cs:
+            return None
+        if offset not in self._blocks:
+            raw = self.img.file.read(offset, self.cs).ljust(self.cs, b"\0")  # qemu reads zeros past EOF
+            self._blocks[offset] = T.refcount_block(raw, self.img.header.refcount_order)
+        return self._blocks[offset]
+
+    def stored(self, clusters: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """On-disk refcounts of the given cluster indices and a mask of those qemu cannot read."""
+        values = np.zeros(clusters.shape, dtype=np.uint64)
+        bad = np.zeros(clusters.shape, dtype=bool)
+        rt = clusters // self.per_block
+        for r in np.unique(rt).tolist():
+            sel = rt == r
+            blk = self.block(r)
+            if blk is None:
+                bad[sel] = True
+            else:
+                values[sel] = blk[clusters[sel] % self.per_block]
+        return values, bad
+
+
+def _cluster_types(desc: np.ndarray, extended: bool, data_file: bool) -> np.ndarray:
+    """qcow2_get_cluster_type for every entry of an L2 table."""
+    offset = desc & T.L2E_OFFSET_MASK
+    types = np.full(desc.shape, NORMAL, dtype=np.int8)
+    types[(offset == 0) & ~(data_file & ((desc & T.OFLAG_COPIED) != 0))] = UNALLOCATED
+    if not extended:
+        zero = (desc & T.OFLAG_ZERO) != 0
+        types[zero & (offset != 0)] = ZERO_ALLOC
+        types[zero & (offset == 0)] = ZERO_PLAIN
+    types[(desc & T.OFLAG_COMPRESSED) != 0] = COMPRESSED
+    return types
+
+
+def _read_padded(img: Image, offset: int, length: int) -> bytes:
+    """What qemu's bdrv_pread returns: the file's bytes, zeros past its end."""
+    return img.file.read(offset, length).ljust(length, b"\0")
+
+
+def _check_l2(run: _Run, l2_offset: int, owner: str, frag: bool) -> None:
+    """check_refcounts_l2 for one L2 table."""
+    img, h = run.img, run.img.header
+    raw = _read_padded(img, l2_offset, h.cluster_size)
+    desc, bitmap = T.l2_entries(raw, h.extended_l2)
+    if bitmap is None:
+        bitmap = np.zeros_like(desc)
+    where = f"{owner} L2 table at 0x{l2_offset:x}"
+    types = _cluster_types(desc, h.extended_l2, h.has_data_file)
+    esize = h.l2_entry_size
+
+    reserved = (types != COMPRESSED) & ((desc & T.L2E_STD_RESERVED_MASK) != 0)
+    for i in np.nonzero(reserved)[0].tolist():
+        e = int(desc[i])
+        run.add("l2.reserved_bits", Severity.CORRUPTION, f"L2 entry {i} 0x{e:016x} has reserved bits set "
+                f"(0x{e & int(T.L2E_STD_RESERVED_MASK):x})", where, l2_offset + i * esize,
+                f"ERROR found l2 entry with reserved bits set: {e:x}")
+
+    comp = np.nonzero(types == COMPRESSED)[0]
+    if comp.size:
+        shift = 62 - (h.cluster_bits - 8)
+        mask = (1 << shift) - 1
+        counted = []
+        for i in comp.tolist():
+            e = int(desc[i])
+            if e & (1 << 63):
+                run.add("l2.compressed_copied", Severity.CORRUPTION,
+                        f"compressed L2 entry {i} has OFLAG_COPIED set", where, l2_offset + i * esize,
+                        f"ERROR: coffset=0x{e & mask:x}: copied flag must never be set for compressed clusters")
+                e &= ~(1 << 63)
+            if h.has_data_file:
+                run.add("l2.compressed_with_data_file", Severity.CORRUPTION,
+                        f"compressed L2 entry {i} in an image with an external data file", where,
+                        l2_offset + i * esize, f"ERROR compressed cluster {i} with data file, entry=0x{e:x}")
+                continue
+            if int(bitmap[i]):
+                run.add("l2.compressed_subcluster_bitmap", Severity.CORRUPTION,
+                        f"compressed L2 entry {i} has subcluster bitmap 0x{int(bitmap[i]):x} (must be 0)", where,
+                        l2_offset + i * esize,
+                        f"ERROR compressed cluster {i} with non-zero subcluster allocation bitmap, entry=0x{e:x}")
+                continue
+            counted.append(i)
+        if counted:
+            idx = np.array(counted)
+            coffset, sectors = T.compressed_fields(desc[idx], h.cluster_bits)
+            csize = sectors * np.uint64(512) - (coffset & np.uint64(511))
+            run.inc_clusters(coffset, csize, f"{owner} compressed data")
+            if frag:
+                run.stats.allocated_clusters += len(counted)
+                run.stats.compressed_clusters += len(counted)
+                run.stats.fragmented_clusters += len(counted)
+
+    alloc = np.nonzero((types == NORMAL) | (types == ZERO_ALLOC))[0]
+    if alloc.size:
+        offsets = desc[alloc] & T.L2E_OFFSET_MASK
+        bms = bitmap[alloc]
+        for i, o in zip(alloc[((bms >> np.uint64(32)) & bms) != 0].tolist(),
+                        offsets[((bms >> np.uint64(32)) & bms) != 0].tolist(), strict=True):
+            run.add("l2.subcluster_alloc_and_zero", Severity.CORRUPTION,
+                    f"L2 entry {i}: subclusters both allocated and zero (bitmap 0x{int(bitmap[i]):016x})", where,
+                    l2_offset + i * esize, f"ERROR offset={o:x}: Allocated cluster has corrupted subcluster "
+                    "allocation bitmap")
+        unaligned = (offsets % np.uint64(h.cluster_size)) != 0
+        for i, o in zip(alloc[unaligned].tolist(), offsets[unaligned].tolist(), strict=True):
+            e = int(desc[i])
+            data = bool(int(bitmap[i]) & 0xFFFFFFFF) if h.extended_l2 else not e & 1
+            if data:
+                run.add("l2.data_unaligned", Severity.CORRUPTION, f"L2 entry {i}: data cluster offset 0x{o:x} is "
+                        "not cluster aligned", where, l2_offset + i * esize,
+                        f"ERROR offset={o:x}: Data cluster is not properly aligned; L2 entry corrupted.")
+            else:
+                run.add("l2.preallocated_unaligned", Severity.CORRUPTION, f"L2 entry {i}: preallocated zero "
+                        f"cluster offset 0x{o:x} is not cluster aligned", where, l2_offset + i * esize,
+                        f"ERROR offset={o:x}: Preallocated cluster is not properly aligned; L2 entry corrupted.")
+        if frag:
+            run.stats.allocated_clusters += int(alloc.size)
+            if alloc.size > 1:
+                run.stats.fragmented_clusters += int((offsets[1:] != offsets[:-1] + np.uint64(h.cluster_size)).sum())
+        if not h.has_data_file:
+            run.inc_clusters(offsets, h.cluster_size, f"{owner} data")
+
+    unalloc_bits = np.nonzero((types == UNALLOCATED) & ((bitmap & L2_BITMAP_ALL_ALLOC) != 0))[0]
+    for i in unalloc_bits.tolist():
+        run.add("l2.unallocated_with_alloc_bits", Severity.CORRUPTION,
+                f"unallocated L2 entry {i} has subcluster allocation bits 0x{int(bitmap[i]) & 0xFFFFFFFF:x}",
+                where, l2_offset + i * esize, "ERROR: Unallocated cluster has non-zero subcluster allocation map")
+
+
+def _check_l1(run: _Run, l1_offset: int, l1_size: int, owner: str, frag: bool) -> None:
+    """check_refcounts_l1."""
+    if not l1_size:
+        return
+    run.inc_range(l1_offset, l1_size * 8, f"{owner} L1 table")
+    l1 = T.l1_entries(_read_padded(run.img, l1_offset, l1_size * 8))
+    for i in np.nonzero(l1)[0].tolist():
+        e = int(l1[i])
+        where = f"{owner} L1 table at 0x{l1_offset:x}"
+        if e & int(T.L1E_RESERVED_MASK):
+            run.add("l1.reserved_bits", Severity.CORRUPTION, f"L1 entry {i} 0x{e:016x} has reserved bits set",
+                    where, l1_offset + i * 8, f"ERROR found L1 entry with reserved bits set: {e:x}")
+        l2_offset = e & int(T.L1E_OFFSET_MASK)
+        run.inc_range(l2_offset, run.cs, f"{owner} L2 table")
+        if l2_offset % run.cs:
+            run.add("l1.l2_unaligned", Severity.CORRUPTION, f"L1 entry {i}: L2 table offset 0x{l2_offset:x} is "
+                    "not cluster aligned", where, l1_offset + i * 8,
+                    f"ERROR l2_offset={l2_offset:x}: Table is not cluster aligned; L1 entry corrupted")
+        _check_l2(run, l2_offset, owner, frag)
+
+
+def check_refcounts(img: Image) -> tuple[list[Finding], Stats]:
+    """qcow2_co_check_locked without repair: every qemu check finding, and qemu's statistics."""
+    run = _Run(img)
+    h = img.header
+    run.stats.total_clusters = -(-(-(-h.size // 512) * 512) // run.cs)
+
+    # qcow2_check_read_snapshot_table: a bad table ends qemu's check; ours goes on without the snapshots
+    snapshots_ok = _check_snapshot_table(run)
+    run.qemu_stopped = not snapshots_ok
+
+    run.inc_range(0, run.cs, "header")
+    _check_l1(run, h.l1_table_offset, h.l1_size, "active", frag=True)
+    if snapshots_ok:
+        if h.has_data_file and h.nb_snapshots:
+            run.add("snapshot.with_data_file", Severity.CORRUPTION, f"{h.nb_snapshots} snapshots in an image with an "
+                    "external data file", "snapshot table", h.snapshots_offset,
+                    f"ERROR {h.nb_snapshots} snapshots in image with data file")
+        for s in img.snapshots:
+            label = f"snapshot {s.id} ({s.name})"
+            if s.l1_table_offset % run.cs:
+                run.add("snapshot.l1_unaligned", Severity.CORRUPTION, f"{label}: L1 table offset "
+                        f"0x{s.l1_table_offset:x} is not cluster aligned", "snapshot table", s.entry_offset,
+                        f"ERROR snapshot {s.id} ({s.name}) l1_offset={_hash_x(s.l1_table_offset)}: L1 table is not "
+                        "cluster aligned; snapshot table entry corrupted")
+                continue
+            if s.l1_size > QCOW_MAX_L1_SIZE // 8:
+                run.add("snapshot.l1_too_large", Severity.CORRUPTION, f"{label}: l1_size {s.l1_size} exceeds "
+                        f"{QCOW_MAX_L1_SIZE // 8}", "snapshot table", s.entry_offset,
+                        f"ERROR snapshot {s.id} ({s.name}) l1_size={_hash_x(s.l1_size)}: L1 table is too large; "
+                        "snapshot table entry corrupted")
+                continue
+            _check_l1(run, s.l1_table_offset, s.l1_size, f"snapshot {s.id}", frag=False)
+        if img.snapshots:
+            last = img.snapshots[-1]
+            run.inc_range(h.snapshots_offset, last.entry_offset + last.entry_size - h.snapshots_offset,
+                          "snapshot table")
+    run.inc_range(h.refcount_table_offset, h.refcount_table_clusters * run.cs, "refcount table")
+    if img.luks is not None:
+        run.inc_range(img.luks.offset, img.luks.length, "LUKS header")
+    _check_bitmaps(run)
+    _check_refblocks(run)
+    _compare(run)
+    _check_oflag_copied(run)
+    run.qemu_stopped = True
+    _refcounts_past_eof(run)
+    for code, n in run.dropped.items():
+        run.findings.append(Finding(code + ".more", Severity.INFO, f"{n} more findings of {code} not listed",
+                                    "report", None))
+    return run.findings, run.stats
+
+
+def _hash_x(v: int) -> str:
+    """C's %#x: 0 prints as 0, others with 0x."""
+    return f"{v:#x}" if v else "0"
+
+
+def _check_snapshot_table(run: _Run) -> bool:
+    """The parts of qcow2_check_read_snapshot_table that add to the counters."""
+    img, h = run.img, run.img.header
+    from ..model.header import QCOW_MAX_SNAPSHOTS, _table_offset_invalid
+
+    if h.nb_snapshots > QCOW_MAX_SNAPSHOTS:
+        run.add("snapshot.table_too_large", Severity.CORRUPTION, f"nb_snapshots {h.nb_snapshots} exceeds "
+                f"{QCOW_MAX_SNAPSHOTS}", "snapshot table", h.snapshots_offset, "ERROR snapshot table too large",
+                counts="check-errors")
+        return False
+    if _table_offset_invalid(h.snapshots_offset, h.nb_snapshots * 40, run.cs):
+        run.add("snapshot.table_offset_invalid", Severity.CORRUPTION, f"snapshots_offset 0x{h.snapshots_offset:x} "
+                "is invalid", "snapshot table", h.snapshots_offset, "ERROR snapshot table offset invalid",
+                counts="check-errors")
+        return False
+    for f in img.findings:
+        if f.code == "snapshot.extra_data_too_large":
+            run.add(f.code, Severity.CORRUPTION, f.message, f.structure, f.host_offset,
+                    f"ERROR failed to read the snapshot table: {f.qemu_message}", counts="check-errors")
+            return False
+    for s in img.snapshots:
+        if h.version >= 3 and s.extra_data_size < 16:
+            run.add("snapshot.extra_data_incomplete", Severity.CORRUPTION, f"snapshot entry {s.index} has "
+                    f"{s.extra_data_size} bytes of extra data; version 3 requires 16", "snapshot table",
+                    s.entry_offset, f"ERROR snapshot table entry {s.index} is incomplete")
+    return True
+
+
+def _check_bitmaps(run: _Run) -> None:
+    """qcow2_check_bitmaps_refcounts: only when the extension is valid and autoclear bit 0 is set."""
+    img = run.img
+    ext = img.bitmaps_extension
+    if ext is None or not img.header.autoclear_features & 1 or not ext.num_bitmaps:
+        return
+    run.inc_range(ext.ofs_bitmap_directory, ext.len_bitmap_directory, "bitmap directory")
+    for b in img.bitmaps:
+        run.inc_range(b.table_offset, b.table_size * 8, f"bitmap {b.name} table")
+        table = img.bitmap_table(b)
+        if isinstance(table, Unreadable):
+            run.add("bitmap.table_unreadable", Severity.CORRUPTION, f"bitmap '{b.name}' table: {table.reason}",
+                    "bitmap table", b.table_offset, None)
+            continue
+        offsets = table & T.BME_OFFSET_MASK
+        bad = ((table & T.BME_RESERVED_MASK) != 0) | ((offsets != 0) & (
+            ((table & T.BME_ALL_ONES) != 0) | (offsets % np.uint64(run.cs) != 0)))
+        for i in np.nonzero(bad)[0].tolist():
+            run.add("bitmap.table_entry_invalid", Severity.CORRUPTION, f"bitmap '{b.name}' table entry {i} "
+                    f"0x{int(table[i]):016x} is invalid (reserved bits, or bit 0 / misalignment with an offset)",
+                    "bitmap table", b.table_offset + i * 8, None)
+        good = offsets[~bad & (offsets != 0)]
+        run.inc_clusters(good, run.cs, f"bitmap {b.name} data")
+
+
+def _check_refblocks(run: _Run) -> None:
+    """check_refblocks (no repair)."""
+    for i, e in enumerate(run.reftable[: run.reftable_entries].tolist()):
+        offset = e & int(T.REFT_OFFSET_MASK)
+        cluster = offset >> run.cb
+        where = "refcount table"
+        at = run.img.header.refcount_table_offset + i * 8
+        if e & int(T.REFT_RESERVED_MASK):
+            run.add("refcount.table_reserved_bits", Severity.CORRUPTION, f"refcount table entry {i} 0x{e:x} has "
+                    "reserved bits set", where, at, f"ERROR refcount table entry {i} has reserved bits set")
+            continue
+        if offset % run.cs:
+            run.add("refcount.block_unaligned", Severity.CORRUPTION, f"refcount block {i} offset 0x{offset:x} is "
+                    "not cluster aligned", where, at,
+                    f"ERROR refcount block {i} is not cluster aligned; refcount table entry corrupted")
+            continue
+        if cluster >= run.extent:
+            run.add("refcount.block_outside_image", Severity.CORRUPTION, f"refcount block {i} at 0x{offset:x} is "
+                    f"past the end of the file (0x{run.file_size:x})", where, at,
+                    f"ERROR refcount block {i} is outside image")
+            continue
+        if offset:
+            run.inc_range(offset, run.cs, "refcount block")
+            if int(run.imrt[cluster]) != 1:
+                run.add("refcount.block_refcount", Severity.CORRUPTION, f"refcount block {i} at 0x{offset:x} is "
+                        f"referenced {int(run.imrt[cluster])} times; it must be referenced once", "refcount block",
+                        offset, f"ERROR refcount block {i} refcount={int(run.imrt[cluster])}")
+
+
+def _compare(run: _Run) -> None:
+    """compare_refcounts: on-disk refcount vs references, for every cluster up to the end of the file."""
+    n = run.extent
+    clusters = np.arange(n, dtype=np.int64)
+    stored, bad = run.stored(clusters)
+    refs = np.minimum(run.imrt[:n], np.uint64(run.refcount_max))
+    overflow = run.imrt[:n] > np.uint64(run.refcount_max)
+    for i in np.nonzero(overflow)[0].tolist():
+        for _ in range(int(run.imrt[i]) - run.refcount_max):
+            run.add("refcount.overflow", Severity.CORRUPTION, f"cluster {i} has more references than "
+                    f"{run.img.header.refcount_bits}-bit refcounts can hold", "refcount block", i << run.cb,
+                    f"ERROR: overflow cluster offset=0x{i << run.cb:x}")
+    for i in np.nonzero(bad)[0].tolist():
+        run.add("refcount.unreadable", Severity.WARNING, f"refcount of cluster {i} cannot be read: its refcount "
+                "block offset is not cluster aligned", "refcount table", i << run.cb,
+                f"Can't get refcount for cluster {i}: Input/output error", counts="check-errors")
+    nonzero = ~bad & ((stored > 0) | (refs > 0))
+    highest = int(np.nonzero(nonzero)[0].max()) if nonzero.any() else 0
+    run.stats.image_end_offset = (highest + 1) * run.cs
+    diff = np.nonzero(~bad & (stored != refs))[0]
+    for i in diff.tolist():
+        s, r = int(stored[i]), int(refs[i])
+        if s < r:
+            run.add("refcount.too_low", Severity.CORRUPTION, f"cluster {i} (0x{i << run.cb:x}) has refcount {s} but "
+                    f"{r} references", "refcount block", i << run.cb, f"ERROR cluster {i} refcount={s} reference={r}")
+        else:
+            run.add("refcount.leak", Severity.LEAK, f"cluster {i} (0x{i << run.cb:x}) has refcount {s} but {r} "
+                    "references", "refcount block", i << run.cb, f"Leaked cluster {i} refcount={s} reference={r}",
+                    counts="leaks")
+
+
+def _check_oflag_copied(run: _Run) -> None:
+    """check_oflag_copied over the active L1 and its L2 tables."""
+    img, h = run.img, run.img.header
+    l1 = img.l1_table()
+    if isinstance(l1, Unreadable):
+        return
+    l2_offsets = (l1 & T.L1E_OFFSET_MASK).astype(np.int64)
+    present = np.nonzero(l2_offsets)[0]
+    if present.size == 0:
+        return
+    refcounts, bad = run.stored(l2_offsets[present] >> run.cb)
+    for i, rc, b in zip(present.tolist(), refcounts.tolist(), bad.tolist(), strict=True):
+        e = int(l1[i])
+        if not b and (rc == 1) != bool(e >> 63):
+            run.add("l1.copied_mismatch", Severity.CORRUPTION, f"L1 entry {i}: OFLAG_COPIED is "
+                    f"{'set' if e >> 63 else 'clear'} but the L2 table's refcount is {rc}", "active L1 table",
+                    h.l1_table_offset + i * 8, f"ERROR OFLAG_COPIED L2 cluster: l1_index={i} l1_entry={e:x} "
+                    f"refcount={rc}")
+        l2_offset = int(l2_offsets[i])
+        desc, _ = T.l2_entries(_read_padded(img, l2_offset, h.cluster_size), h.extended_l2)
+        types = _cluster_types(desc, h.extended_l2, h.has_data_file)
+        sel = np.nonzero((types == NORMAL) | (types == ZERO_ALLOC))[0]
+        if sel.size == 0:
+            continue
+        entries = desc[sel]
+        if h.has_data_file:
+            rcs, bads = np.ones(sel.shape, dtype=np.uint64), np.zeros(sel.shape, dtype=bool)
+        else:
+            rcs, bads = run.stored(((entries & T.L2E_OFFSET_MASK) >> np.uint64(run.cb)).astype(np.int64))
+        copied = (entries >> np.uint64(63)) != 0
+        wrong = ~bads & ((rcs == 1) != copied)
+        for j in np.nonzero(wrong)[0].tolist():
+            e2, rc2 = int(entries[j]), int(rcs[j])
+            run.add("l2.copied_mismatch", Severity.CORRUPTION, f"L2 entry {int(sel[j])}: OFLAG_COPIED is "
+                    f"{'set' if e2 >> 63 else 'clear'} but the data cluster's refcount is {rc2}",
+                    f"active L2 table at 0x{l2_offset:x}", l2_offset + int(sel[j]) * h.l2_entry_size,
+                    f"ERROR OFLAG_COPIED data cluster: l2_entry={e2:x} refcount={rc2}")
+
+
+def _refcounts_past_eof(run: _Run) -> None:
+    """Beyond qemu: refcounts set for clusters past the end of the file (compare_refcounts stops at EOF)."""
+    first_block = run.extent // run.per_block
+    for r in range(first_block, min(run.reftable_entries, len(run.reftable))):
+        offset = int(run.reftable[r] & T.REFT_OFFSET_MASK)
+        if not offset or offset % run.cs or offset >= run.file_size:
+            continue
+        blk = run.block(r)
+        start = r * run.per_block
+        nonzero = np.nonzero(blk)[0]
+        nonzero = nonzero[start + nonzero >= run.extent]
+        for k in nonzero.tolist():
+            cluster = start + k
+            run.add("refcount.past_eof", Severity.WARNING, f"cluster {cluster} (0x{cluster << run.cb:x}) lies past "
+                    f"the end of the file (0x{run.file_size:x}) but has refcount {int(blk[k])}; qemu-img check does "
+                    "not look there", "refcount block", offset + k * run.img.header.refcount_bits // 8, None, None)

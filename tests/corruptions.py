@@ -1,0 +1,188 @@
+"""Corrupted images made from valid corpus images by poking bytes, modelled on qemu-iotests.
+
+A small test-side reader (struct only) locates the structures, so the pokes do
+not depend on the code under test. Each kind names the iotest it follows.
+"""
+
+from __future__ import annotations
+
+import shutil
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+OFFSET = 0x00FFFFFFFFFFFE00
+
+
+class Raw:
+    """Just enough of an image to find where to poke."""
+
+    def __init__(self, data: bytes):
+        self.d = data
+        (self.version, self.cluster_bits, self.size, self.l1_size, self.l1_offset, self.reft_offset,
+         self.reft_clusters, self.nb_snapshots, self.snap_offset) = (
+            self.u32(4), self.u32(20), self.u64(24), self.u32(36), self.u64(40), self.u64(48), self.u32(56),
+            self.u32(60), self.u64(64))
+        self.cs = 1 << self.cluster_bits
+        self.incompat = self.u64(72) if self.version >= 3 else 0
+        self.esize = 16 if self.incompat & 16 else 8
+        self.order = self.u32(96) if self.version >= 3 else 4
+
+    def u32(self, o: int) -> int:
+        return struct.unpack_from(">I", self.d, o)[0]
+
+    def u64(self, o: int) -> int:
+        return struct.unpack_from(">Q", self.d, o)[0]
+
+    def l1(self, i: int = 0) -> int:
+        return self.u64(self.l1_offset + 8 * i)
+
+    def l2_offset(self, i: int = 0) -> int:
+        return self.l1(i) & OFFSET
+
+    def l2_entry_at(self, index: int, l1_index: int = 0) -> int:
+        return self.l2_offset(l1_index) + index * self.esize
+
+    def l2(self, index: int, l1_index: int = 0) -> int:
+        return self.u64(self.l2_entry_at(index, l1_index))
+
+    def allocated_l2_indices(self, l1_index: int = 0) -> list[int]:
+        return [i for i in range(self.cs // self.esize) if self.l2(i, l1_index) & OFFSET
+                and not self.l2(i, l1_index) & (1 << 62)]
+
+    def refblock(self, i: int = 0) -> int:
+        return self.u64(self.reft_offset + 8 * i) & ~0x1FF
+
+    def refcount_entry(self, cluster: int) -> tuple[int, int]:
+        """(byte offset, width in bytes) of a cluster's refcount, refcount_order >= 3."""
+        width = (1 << self.order) // 8
+        per_block = self.cs // width
+        return self.refblock(cluster // per_block) + (cluster % per_block) * width, width
+
+    def snapshot_entry(self, n: int = 0) -> int:
+        pos = self.snap_offset
+        for _ in range(n):
+            extra, id_len, name_len = self.u32(pos + 36), struct.unpack_from(">H", self.d, pos + 12)[0], \
+                struct.unpack_from(">H", self.d, pos + 14)[0]
+            pos += (40 + extra + id_len + name_len + 7) & ~7
+        return pos
+
+
+def be64(v: int) -> bytes:
+    return struct.pack(">Q", v)
+
+
+def be32(v: int) -> bytes:
+    return struct.pack(">I", v)
+
+
+@dataclass
+class Kind:
+    id: str
+    base: str  # corpus case
+    iotest: str
+    codes: tuple[str, ...]  # finding codes that must appear
+    pokes: callable  # Raw -> list[(offset, bytes)] or a callable taking the path
+    truncate_clusters: int = 0
+
+
+def set_refcount(r: Raw, cluster: int, value: int) -> tuple[int, bytes]:
+    offset, width = r.refcount_entry(cluster)
+    return offset, value.to_bytes(width, "big")
+
+
+def first_data(r: Raw) -> tuple[int, int]:
+    """(L2 index, host cluster index) of the first allocated standard entry of L2 table 0."""
+    i = r.allocated_l2_indices()[0]
+    return i, (r.l2(i) & OFFSET) >> r.cluster_bits
+
+
+KINDS = [
+    Kind("leak_cleared_l2_entry", "v3_default", "peers.md leak", ("refcount.leak",),
+         lambda r: [(r.l2_entry_at(first_data(r)[0]), be64(0))]),
+    Kind("two_guests_one_host", "v3_default", "peers.md dup", ("refcount.too_low", "refcount.leak"),
+         lambda r: [(r.l2_entry_at(r.allocated_l2_indices()[1]), be64(r.l2(r.allocated_l2_indices()[0])))]),
+    Kind("l2_entry_into_l1", "v3_default", "060 L2 into L1", ("refcount.too_low",),
+         lambda r: [(r.l2_entry_at(first_data(r)[0]), be64((1 << 63) | r.l1_offset))]),
+    Kind("l2_entry_into_refblock", "v3_default", "060 data into refblock",
+         ("refcount.too_low", "refcount.block_refcount"),
+         lambda r: [(r.l2_entry_at(first_data(r)[0]), be64((1 << 63) | r.refblock(0)))]),
+    Kind("l1_entry_into_itself", "v3_default", "060 L2 table is the L1", ("refcount.too_low",),
+         lambda r: [(r.l1_offset, be64((1 << 63) | r.l1_offset))]),
+    Kind("l1_reserved_bits", "v3_default", "060", ("l1.reserved_bits",),
+         lambda r: [(r.l1_offset, be64(r.l1(0) | (1 << 60)))]),
+    Kind("l1_unaligned_l2", "v3_default", "060 0x42a00", ("l1.l2_unaligned",),
+         lambda r: [(r.l1_offset, be64(r.l1(0) + 0x200))]),
+    Kind("l2_reserved_bits", "v3_default", "060", ("l2.reserved_bits",),
+         lambda r: [(r.l2_entry_at(first_data(r)[0]), be64(r.l2(first_data(r)[0]) | (1 << 58)))]),
+    Kind("l2_data_unaligned", "v3_default", "060/271", ("l2.data_unaligned",),
+         lambda r: [(r.l2_entry_at(first_data(r)[0]), be64(r.l2(first_data(r)[0]) + 0x200))]),
+    Kind("l2_prealloc_zero_unaligned", "v3_default", "060 0x2a00", ("l2.preallocated_unaligned",),
+         lambda r: [(r.l2_entry_at(first_data(r)[0]), be64(r.l2(first_data(r)[0]) + 0x200 | 1))]),
+    Kind("compressed_with_copied", "compressed_zlib", "qemu check rule", ("l2.compressed_copied",),
+         lambda r: [(r.l2_entry_at(i), be64(r.l2(i) | (1 << 63)))
+                    for i in [next(i for i in range(r.cs // 8) if r.l2(i) & (1 << 62))]]),
+    Kind("reftable_reserved_bits", "v3_default", "108", ("refcount.table_reserved_bits",),
+         lambda r: [(r.reft_offset, be64(r.u64(r.reft_offset) | 0x100))]),
+    Kind("refblock_unaligned", "v3_default", "060 unaligned reftable entry", ("refcount.block_unaligned",),
+         lambda r: [(r.reft_offset, be64(r.u64(r.reft_offset) + 0x200))]),
+    Kind("refblock_past_eof", "v3_default", "060/108 refblock outside image", ("refcount.block_outside_image",),
+         lambda r: [(r.reft_offset + 8, be64(1 << 30))]),
+    Kind("refblock_self_refcount_zero", "v3_default", "108 refblock entry zeroed",
+         ("refcount.too_low",), lambda r: [set_refcount(r, r.refblock(0) >> r.cluster_bits, 0)]),
+    Kind("data_refcount_zero", "v3_default", "108", ("refcount.too_low", "l2.copied_mismatch"),
+         lambda r: [set_refcount(r, first_data(r)[1], 0)]),
+    Kind("data_refcount_two", "v3_default", "138 COPIED", ("refcount.leak", "l2.copied_mismatch"),
+         lambda r: [set_refcount(r, first_data(r)[1], 2)]),
+    Kind("l1_points_past_eof", "v3_default", "138 2^55", ("refcount.reference_past_eof",),
+         lambda r: [(r.l1_offset, be64((1 << 63) | (1 << 40)))]),
+    Kind("l2_points_past_eof", "v3_default", "138", ("refcount.reference_past_eof",),
+         lambda r: [(r.l2_entry_at(first_data(r)[0]), be64((1 << 63) | (1 << 40)))]),
+    Kind("reftable_zeroed", "v3_default", "108/060 empty reftable", ("refcount.too_low",),
+         lambda r: [(r.reft_offset, be64(0))]),
+    Kind("refcount_at_max_16", "refcount_bits_16", "112 refcount 0xffff", ("refcount.leak",),
+         lambda r: [set_refcount(r, first_data(r)[1], 0xFFFF)]),
+    Kind("refcount_overflow_width_1", "refcount_bits_1", "112 overflow", ("refcount.overflow",),
+         lambda r: [(r.l2_entry_at(r.allocated_l2_indices()[1]), be64(r.l2(r.allocated_l2_indices()[0])))]),
+    Kind("snapshot_l1_unaligned", "snapshots", "080 0x400200", ("snapshot.l1_unaligned", "refcount.leak"),
+         lambda r: [(r.snapshot_entry(0), be64(r.u64(r.snapshot_entry(0)) + 0x200))]),
+    Kind("snapshot_l1_too_large", "snapshots", "080 0x10000000", ("snapshot.l1_too_large", "refcount.leak"),
+         lambda r: [(r.snapshot_entry(0) + 8, be32(0x10000000))]),
+    Kind("snapshot_extra_shifted", "snapshots", "261 extra_data_size 8 (entry 1 misparsed)",
+         ("snapshot.extra_data_too_large",), lambda r: [(r.snapshot_entry(0) + 36, be32(8))]),
+    Kind("snapshot_extra_too_large", "snapshots", "261 extra data 65536", ("snapshot.extra_data_too_large",),
+         lambda r: [(r.snapshot_entry(0) + 36, be32(65536))]),
+    Kind("extl2_alloc_and_zero", "extended_l2", "271 both set", ("l2.subcluster_alloc_and_zero",),
+         lambda r: [(r.l2_entry_at(first_data(r)[0]) + 8, be64(0x0000000100000001))]),
+    Kind("extl2_unallocated_with_alloc_bits", "extended_l2", "271 bits on unallocated",
+         ("l2.unallocated_with_alloc_bits",),
+         lambda r: [(r.l2_entry_at(next(i for i in range(r.cs // 16) if r.l2(i) == 0)) + 8, be64(0x3))]),
+    Kind("l2_copied_cleared", "v3_default", "138/061", ("l2.copied_mismatch",),
+         lambda r: [(r.l2_entry_at(first_data(r)[0]), be64(r.l2(first_data(r)[0]) & ~(1 << 63)))]),
+    Kind("l1_copied_cleared", "v3_default", "138", ("l1.copied_mismatch",),
+         lambda r: [(r.l1_offset, be64(r.l1(0) & ~(1 << 63)))]),
+    Kind("data_file_compressed_entry", "data_file", "244", ("l2.compressed_with_data_file",),
+         lambda r: [(r.l2_entry_at(0), be64((1 << 62) | 0x10000))]),
+    Kind("truncated_last_clusters", "v3_default", "108 shrunken file", ("refcount.reference_past_eof",),
+         lambda r: [], truncate_clusters=2),
+    Kind("refcount_past_eof", "v3_default", "notes 7.2 (qemu blind)", ("refcount.past_eof",),
+         lambda r: [set_refcount(r, (len(r.d) >> r.cluster_bits) + 5, 1)]),
+    Kind("l2_table_shared_by_two_l1_entries", "cluster_4096", "060 shared L2", ("refcount.too_low",),
+         lambda r: [(r.l1_offset + 8, be64(r.l1(0)))]),
+]
+
+
+def make(kind: Kind, src_folder: Path, main: str, dst_folder: Path) -> Path:
+    """Copy the case folder and apply the kind's pokes to its main image."""
+    for f in src_folder.iterdir():
+        shutil.copyfile(f, dst_folder / f.name)
+    path = dst_folder / main
+    with open(path, "r+b") as f:
+        data = f.read()
+        raw = Raw(data)
+        for offset, value in kind.pokes(raw):
+            f.seek(offset)
+            f.write(value)
+        if kind.truncate_clusters:
+            f.truncate(len(data) - kind.truncate_clusters * raw.cs)
+    return path
