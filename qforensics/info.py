@@ -10,14 +10,12 @@ from __future__ import annotations
 import os
 from datetime import UTC, datetime
 
-import numpy as np
-
 from .findings import Severity
+from .layout import build_layout
 from .model import Image
 from .model.extensions import FEATURE_NAME_TABLE
 from .model.journal import find_journals
 from .model.kaitai import opt
-from .model.references import reference_counts
 from .model.header import COMPRESSION_TYPES, CRYPT_METHODS, FEATURE_GROUPS, KNOWN_MASKS
 
 QEMU_DRAFT_BIT1 = "deduplication (2012 draft, dedup extension present)"
@@ -150,8 +148,7 @@ def build_info(img: Image, filename: str) -> dict:
             for b in img.draft_bitmaps
         ]
     if img.geometry_ok:
-        refs = reference_counts(img)
-        journals = find_journals(img, np.nonzero(refs.counts == 0)[0])
+        journals = find_journals(img, build_layout(img, journals=False).free_clusters())
         if journals:
             info["journals"] = [
                 {"offset": a.offset, "found-by": "scan of unreferenced clusters (no pointer exists)",

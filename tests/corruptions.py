@@ -91,6 +91,12 @@ def set_refcount(r: Raw, cluster: int, value: int) -> tuple[int, bytes]:
     return offset, value.to_bytes(width, "big")
 
 
+def compressed_pair(r: Raw) -> tuple[int, int]:
+    """L2 indices of two compressed entries of table 0."""
+    found = [i for i in range(r.cs // 8) if r.l2(i) & (1 << 62)]
+    return found[0], found[1]
+
+
 def first_data(r: Raw) -> tuple[int, int]:
     """(L2 index, host cluster index) of the first allocated standard entry of L2 table 0."""
     i = r.allocated_l2_indices()[0]
@@ -102,12 +108,12 @@ KINDS = [
          lambda r: [(r.l2_entry_at(first_data(r)[0]), be64(0))]),
     Kind("two_guests_one_host", "v3_default", "peers.md dup", ("refcount.too_low", "refcount.leak"),
          lambda r: [(r.l2_entry_at(r.allocated_l2_indices()[1]), be64(r.l2(r.allocated_l2_indices()[0])))]),
-    Kind("l2_entry_into_l1", "v3_default", "060 L2 into L1", ("refcount.too_low",),
+    Kind("l2_entry_into_l1", "v3_default", "060 L2 into L1", ("refcount.too_low", "overlap.structures"),
          lambda r: [(r.l2_entry_at(first_data(r)[0]), be64((1 << 63) | r.l1_offset))]),
     Kind("l2_entry_into_refblock", "v3_default", "060 data into refblock",
-         ("refcount.too_low", "refcount.block_refcount"),
+         ("refcount.too_low", "refcount.block_refcount", "overlap.structures"),
          lambda r: [(r.l2_entry_at(first_data(r)[0]), be64((1 << 63) | r.refblock(0)))]),
-    Kind("l1_entry_into_itself", "v3_default", "060 L2 table is the L1", ("refcount.too_low",),
+    Kind("l1_entry_into_itself", "v3_default", "060 L2 table is the L1", ("refcount.too_low", "overlap.structures"),
          lambda r: [(r.l1_offset, be64((1 << 63) | r.l1_offset))]),
     Kind("l1_reserved_bits", "v3_default", "060", ("l1.reserved_bits",),
          lambda r: [(r.l1_offset, be64(r.l1(0) | (1 << 60)))]),
@@ -163,6 +169,13 @@ KINDS = [
          lambda r: [(r.l1_offset, be64(r.l1(0) & ~(1 << 63)))]),
     Kind("data_file_compressed_entry", "data_file", "244", ("l2.compressed_with_data_file",),
          lambda r: [(r.l2_entry_at(0), be64((1 << 62) | 0x10000))]),
+    Kind("compressed_streams_overlap", "compressed_zlib", "beyond qemu", ("overlap.compressed",
+                                                                         "compressed.inflate_error"),
+         lambda r: [(r.l2_entry_at(j), be64(r.l2(i) + 16)) for i, j in [compressed_pair(r)]]),
+    Kind("compressed_stream_garbage", "compressed_zstd", "beyond qemu", ("compressed.inflate_error",),
+         lambda r: [(r.l2(compressed_pair(r)[0]) & ((1 << 54) - 1), b"\xde\xad\xbe\xef" * 4)]),
+    Kind("compressed_into_l2_table", "compressed_zlib", "beyond qemu", ("overlap.compressed_metadata",),
+         lambda r: [(r.l2_entry_at(i), be64((1 << 62) | r.l2_offset(0))) for i in [compressed_pair(r)[0]]]),
     Kind("truncated_last_clusters", "v3_default", "108 shrunken file", ("refcount.reference_past_eof",),
          lambda r: [], truncate_clusters=2),
     Kind("refcount_past_eof", "v3_default", "notes 7.2 (qemu blind)", ("refcount.past_eof",),

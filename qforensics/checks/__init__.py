@@ -11,6 +11,9 @@ from dataclasses import dataclass, field
 
 from ..findings import Finding, Severity
 from ..model import Image
+from ..layout import build_layout
+from .compressed import check_compressed
+from .overlaps import check_overlaps
 from .refcounts import Stats, check_refcounts
 
 EXIT_CLEAN, EXIT_FAILED, EXIT_CORRUPT, EXIT_LEAKS = 0, 1, 2, 3
@@ -68,6 +71,10 @@ def check_image(img: Image) -> CheckReport:
         return CheckReport(findings, Stats(), refusals)
     refcount_findings, stats = check_refcounts(img)
     findings += refcount_findings
+    layout = build_layout(img)
+    compressed_findings, exact_ends = check_compressed(img, layout)
+    findings += compressed_findings
+    findings += check_overlaps(layout, exact_ends)
     return CheckReport(findings, stats, refusals)
 
 
