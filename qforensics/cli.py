@@ -10,9 +10,10 @@ import argparse
 import json
 import os
 import sys
+from pathlib import Path
 
 from . import __version__
-from .errors import QforensicsError
+from .errors import QforensicsError, UsageError
 from .info import build_info, render_human
 from .model import Image
 
@@ -47,6 +48,37 @@ def _cmd_check(args: argparse.Namespace) -> int:
     return report.exit_code
 
 
+def _output_path(image: str, output: str) -> Path:
+    """Where to write; never the evidence itself."""
+    out = Path(output)
+    if out.exists() and out.resolve() == Path(image).resolve():
+        raise UsageError(f"refusing to write {output}: it is the input image")
+    return out
+
+
+def _cmd_graph(args: argparse.Namespace) -> int:
+    from .graph import build_graph, summarize, write_graph
+
+    out = _output_path(args.image, args.o)
+    if out.suffix not in (".graphml", ".json"):
+        raise UsageError(f"-o {args.o}: use a .graphml or .json file name")
+    with Image(args.image) as img:
+        g, _ = build_graph(img)
+    write_graph(g, out)
+    summary = summarize(g)
+    if args.output == "json":
+        sys.stdout.write(json.dumps(summary, indent=4) + "\n")
+    else:
+        print(f"{summary['nodes']} nodes, {summary['edges']} edges written to {out}")
+        print("nodes: " + ", ".join(f"{k} {v}" for k, v in summary["nodes-by-kind"].items()))
+        print("edges: " + ", ".join(f"{k} {v}" for k, v in summary["edges-by-kind"].items()))
+        for u in summary["unreachable"]:
+            print(f"unreachable from the header: {u['label']}")
+        for c in summary["cycles"]:
+            print("cycle: " + " -> ".join(c))
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="qforensics", description="Forensic analysis of qcow2 disk images.")
     parser.add_argument("--version", action="version", version=f"qforensics {__version__}")
@@ -62,6 +94,11 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("image")
     check.add_argument("--output", choices=("human", "json"), default="human")
     check.set_defaults(func=_cmd_check)
+    graph = sub.add_parser("graph", help="export the structure graph (GraphML for Gephi/yEd, or node-link JSON)")
+    graph.add_argument("image")
+    graph.add_argument("-o", required=True, metavar="FILE.graphml|FILE.json")
+    graph.add_argument("--output", choices=("human", "json"), default="human", help="format of the summary")
+    graph.set_defaults(func=_cmd_graph)
     return parser
 
 

@@ -26,6 +26,7 @@ from .model.journal import find_journals
 
 class Role(IntEnum):
     FREE = 0
+    EXTENSION = 16
     HEADER = 1
     L1_TABLE = 2
     L2_TABLE = 3
@@ -43,7 +44,7 @@ class Role(IntEnum):
     DRAFT_BITMAP = 15
 
 
-SHAREABLE = {Role.L2_TABLE, Role.DATA, Role.COMPRESSED, Role.BITMAP_DATA}
+SHAREABLE = {Role.L2_TABLE, Role.DATA, Role.COMPRESSED, Role.BITMAP_DATA, Role.JOURNAL}
 
 
 @dataclass
@@ -56,6 +57,17 @@ class Structure:
     length: int
     owner: str  # active, snapshot <id>, bitmap <name>, image
     label: str
+    count: int = 1  # clusters of a data extent, streams of a compressed node
+
+
+@dataclass(frozen=True)
+class Edge:
+    """A reference: structure ``src`` points at ``dst`` through entry ``index`` of its table."""
+
+    src: int
+    dst: int
+    kind: str
+    index: int = 0
 
 
 @dataclass
@@ -75,9 +87,14 @@ class Layout:
     conflicts: list[Conflict] = field(default_factory=list)
     past_eof: list[tuple[int, int]] = field(default_factory=list)  # (structure id, host offset)
     compressed_ranges: list[tuple[np.ndarray, np.ndarray, int]] = field(default_factory=list)
+    edges: list[Edge] | None = None  # recorded only when the layout is built for the graph
 
-    def add(self, role: Role, offset: int, length: int, owner: str, label: str) -> Structure:
-        s = Structure(len(self.structures), role, offset, length, owner, label)
+    def link(self, src: Structure, dst: Structure, kind: str, index: int = 0) -> None:
+        if self.edges is not None:
+            self.edges.append(Edge(src.id, dst.id, kind, index))
+
+    def add(self, role: Role, offset: int, length: int, owner: str, label: str, count: int = 1) -> Structure:
+        s = Structure(len(self.structures), role, offset, length, owner, label, count)
         self.structures.append(s)
         return s
 
@@ -119,95 +136,155 @@ class Layout:
         return np.nonzero(self.role == Role.FREE)[0]
 
 
-def build_layout(img: Image, *, journals: bool = True) -> Layout:
-    """Walk every referenced structure once and claim its clusters."""
+def build_layout(img: Image, *, journals: bool = True, graph: bool = False) -> Layout:
+    """Walk every referenced structure once and claim its clusters.
+
+    With ``graph`` the references are kept as edges and data is split into
+    extents (runs of contiguous host clusters in consecutive L2 entries).
+    """
     h = img.header
     cb, cs = h.cluster_bits, h.cluster_size
     n = -(-img.file.size // cs)
-    lay = Layout(cb, img.file.size, np.zeros(n, dtype=np.int8), np.full(n, -1, dtype=np.int32))
-    lay.claim_range(lay.add(Role.HEADER, 0, cs, "image", "header and extensions"))
-    lay.claim_range(lay.add(Role.REFCOUNT_TABLE, h.refcount_table_offset, h.refcount_table_clusters * cs, "image",
-                            "refcount table"))
+    lay = Layout(cb, img.file.size, np.zeros(n, dtype=np.int8), np.full(n, -1, dtype=np.int32),
+                 edges=[] if graph else None)
+    header = lay.add(Role.HEADER, 0, cs, "image", "header and extensions")
+    lay.claim_range(header)
+    for e in img.extensions.items:
+        lay.link(header, lay.add(Role.EXTENSION, e.offset, 8 + e.length, "image", f"{e.name} extension"),
+                 "extension")
+    reftable = lay.add(Role.REFCOUNT_TABLE, h.refcount_table_offset, h.refcount_table_clusters * cs, "image",
+                       "refcount table")
+    lay.claim_range(reftable)
+    lay.link(header, reftable, "refcount_table_offset")
     reft = img.refcount_table()
     if not isinstance(reft, Unreadable):
         for i, offset in enumerate((reft & T.REFT_OFFSET_MASK).tolist()):
             if offset and offset % cs == 0:
-                lay.claim_range(lay.add(Role.REFCOUNT_BLOCK, offset, cs, "image", f"refcount block {i}"))
+                block = lay.add(Role.REFCOUNT_BLOCK, offset, cs, "image", f"refcount block {i}")
+                lay.claim_range(block)
+                lay.link(reftable, block, "refcount table entry", i)
+    l1s = [(header, "l1_table_offset", "active", h.l1_table_offset, h.l1_size)]
     if img.snapshots:
         last = img.snapshots[-1]
-        lay.claim_range(lay.add(Role.SNAPSHOT_TABLE, h.snapshots_offset,
-                                last.entry_offset + last.entry_size - h.snapshots_offset, "image", "snapshot table"))
-    l1s = [("active", h.l1_table_offset, h.l1_size)] + [
-        (f"snapshot {s.id}", s.l1_table_offset, s.l1_size) for s in img.snapshots
-        if s.l1_table_offset % cs == 0 and s.l1_size <= 1 << 22]
+        snaptable = lay.add(Role.SNAPSHOT_TABLE, h.snapshots_offset,
+                            last.entry_offset + last.entry_size - h.snapshots_offset, "image", "snapshot table")
+        lay.claim_range(snaptable)
+        lay.link(header, snaptable, "snapshots_offset")
+        l1s += [(snaptable, f"snapshot entry {s.index}", f"snapshot {s.id}", s.l1_table_offset, s.l1_size)
+                for s in img.snapshots if s.l1_table_offset % cs == 0 and s.l1_size <= 1 << 22]
     seen_l2: dict[int, Structure] = {}
-    for owner, offset, size in l1s:
+    for parent, via, owner, offset, size in l1s:
         if not size:
             continue
-        lay.claim_range(lay.add(Role.L1_TABLE, offset, size * 8, owner, f"{owner} L1 table"))
+        l1_node = lay.add(Role.L1_TABLE, offset, size * 8, owner, f"{owner} L1 table")
+        lay.claim_range(l1_node)
+        lay.link(parent, l1_node, via)
         l1 = img.l1_table(offset, size)
         if isinstance(l1, Unreadable):
             continue
-        for l2_offset in np.unique(l1 & T.L1E_OFFSET_MASK).tolist():
-            if not l2_offset or l2_offset in seen_l2 or l2_offset % cs:
+        l2_offsets = l1 & T.L1E_OFFSET_MASK
+        for index in np.nonzero(l2_offsets)[0].tolist():
+            l2_offset = int(l2_offsets[index])
+            if l2_offset % cs:
                 continue
-            s = lay.add(Role.L2_TABLE, l2_offset, cs, owner, f"{owner} L2 table at 0x{l2_offset:x}")
-            seen_l2[l2_offset] = s
-            lay.claim_range(s)
-            _claim_data(img, lay, l2_offset, owner)
+            if l2_offset not in seen_l2:
+                s = lay.add(Role.L2_TABLE, l2_offset, cs, owner, f"{owner} L2 table at 0x{l2_offset:x}")
+                seen_l2[l2_offset] = s
+                lay.claim_range(s)
+                _claim_data(img, lay, s, index)
+            lay.link(l1_node, seen_l2[l2_offset], "L1 entry", index)
     bm = img.bitmaps_extension
     if bm is not None:
-        lay.claim_range(lay.add(Role.BITMAP_DIRECTORY, bm.ofs_bitmap_directory, bm.len_bitmap_directory, "image",
-                                "bitmap directory"))
+        directory = lay.add(Role.BITMAP_DIRECTORY, bm.ofs_bitmap_directory, bm.len_bitmap_directory, "image",
+                            "bitmap directory")
+        lay.claim_range(directory)
+        lay.link(header, directory, "bitmaps extension")
         for b in img.bitmaps:
-            lay.claim_range(lay.add(Role.BITMAP_TABLE, b.table_offset, b.table_size * 8, f"bitmap {b.name}",
-                                    f"bitmap '{b.name}' table"))
+            table_node = lay.add(Role.BITMAP_TABLE, b.table_offset, b.table_size * 8, f"bitmap {b.name}",
+                                 f"bitmap '{b.name}' table")
+            lay.claim_range(table_node)
+            lay.link(directory, table_node, "bitmap directory entry", b.index)
             t = img.bitmap_table(b)
             if not isinstance(t, Unreadable):
                 data = t & T.BME_OFFSET_MASK
                 data = data[(data != 0) & (data % np.uint64(cs) == 0)]
-                lay.claim((data >> np.uint64(cb)).astype(np.int64),
-                          lay.add(Role.BITMAP_DATA, 0, 0, f"bitmap {b.name}", f"bitmap '{b.name}' data"))
+                if data.size:
+                    node = lay.add(Role.BITMAP_DATA, int(data.min()), int(data.size) * cs, f"bitmap {b.name}",
+                                   f"bitmap '{b.name}' data ({data.size} clusters)")
+                    lay.claim((data >> np.uint64(cb)).astype(np.int64), node)
+                    lay.link(table_node, node, "bitmap table entries")
     if img.luks is not None:
-        lay.claim_range(lay.add(Role.LUKS_HEADER, img.luks.offset, img.luks.length, "image", "LUKS header"))
+        luks = lay.add(Role.LUKS_HEADER, img.luks.offset, img.luks.length, "image", "LUKS header")
+        lay.claim_range(luks)
+        lay.link(header, luks, "full disk encryption header pointer")
     d = img.dedup_table
     if d is not None:
-        lay.claim_range(lay.add(Role.DEDUP_TABLE, d.l1_offset, len(d.l1) * 8, "image", "dedup level-1 table"))
-        for o in d.l2_offsets:
-            lay.claim_range(lay.add(Role.DEDUP_TABLE, o, cs, "image", f"dedup level-2 cluster at 0x{o:x}"))
+        dedup = lay.add(Role.DEDUP_TABLE, d.l1_offset, len(d.l1) * 8, "image", "dedup level-1 table")
+        lay.claim_range(dedup)
+        lay.link(header, dedup, "deduplication extension")
+        for i, o in enumerate(d.l1.tolist()):
+            if o:
+                node = lay.add(Role.DEDUP_TABLE, o, cs, "image", f"dedup level-2 cluster at 0x{o:x}")
+                lay.claim_range(node)
+                lay.link(dedup, node, "dedup level-1 entry", i)
     for b in img.draft_bitmaps:
-        lay.claim_range(lay.add(Role.DRAFT_BITMAP, b.l1_table_offset, b.l1_size * 8, f"draft bitmap {b.name}",
-                                f"draft bitmap '{b.name}' L1"))
+        l1_node = lay.add(Role.DRAFT_BITMAP, b.l1_table_offset, b.l1_size * 8, f"draft bitmap {b.name}",
+                          f"draft bitmap '{b.name}' L1")
+        lay.claim_range(l1_node)
+        lay.link(header, l1_node, "dirty bitmap table entry", b.index)
         l1 = img.l1_table(b.l1_table_offset, b.l1_size)
         if not isinstance(l1, Unreadable):
             data = l1 & T.L2E_OFFSET_MASK
-            lay.claim((data[data != 0] >> np.uint64(cb)).astype(np.int64),
-                      lay.add(Role.DRAFT_BITMAP, 0, 0, f"draft bitmap {b.name}", f"draft bitmap '{b.name}' data"))
+            data = data[data != 0]
+            if data.size:
+                node = lay.add(Role.DRAFT_BITMAP, int(data.min()), int(data.size) * cs, f"draft bitmap {b.name}",
+                               f"draft bitmap '{b.name}' data")
+                lay.claim((data >> np.uint64(cb)).astype(np.int64), node)
+                lay.link(l1_node, node, "L1 entries")
     if journals:
         for area in find_journals(img, lay.free_clusters()):
-            lay.claim_range(lay.add(Role.JOURNAL, area.offset, area.length, "image",
-                                    f"journal at 0x{area.offset:x}"))
+            previous = None
+            for k, jc in enumerate(area.clusters):
+                node = lay.add(Role.JOURNAL, jc.offset, 4096, "image",
+                               f"journal cluster at 0x{jc.offset:x} ({jc.hash_entries} hash entries, {jc.ending})")
+                lay.claim_range(node)
+                if previous is not None:
+                    lay.link(previous, node, "journal END entry", k)
+                previous = node
     return lay
 
 
-def _claim_data(img: Image, lay: Layout, l2_offset: int, owner: str) -> None:
+def _claim_data(img: Image, lay: Layout, l2: Structure, l1_index: int) -> None:
     """Data clusters and compressed byte ranges that one L2 table references."""
     h = img.header
-    table = img.l2_table(l2_offset)
+    table = img.l2_table(l2.offset)
     if isinstance(table, Unreadable) or h.has_data_file:
         return
     desc = table[0]
-    cb = h.cluster_bits
+    cb, cs = h.cluster_bits, h.cluster_size
     compressed = (desc & T.OFLAG_COMPRESSED) != 0
-    std = desc[~compressed] & T.L2E_OFFSET_MASK
-    std = std[(std != 0) & (std % np.uint64(h.cluster_size) == 0)]
-    if std.size:
+    offsets = desc & T.L2E_OFFSET_MASK
+    index = np.nonzero(~compressed & (offsets != 0) & (offsets % np.uint64(cs) == 0))[0]
+    std = offsets[index]
+    if std.size and lay.edges is None:
         lay.claim((std >> np.uint64(cb)).astype(np.int64),
-                  lay.add(Role.DATA, 0, 0, owner, f"data of L2 table at 0x{l2_offset:x}"))
+                  lay.add(Role.DATA, 0, 0, l2.owner, f"data of L2 table at 0x{l2.offset:x}"))
+    elif std.size:
+        breaks = np.nonzero((np.diff(std) != np.uint64(cs)) | (np.diff(index) != 1))[0] + 1
+        for run_index, run in zip(np.split(index, breaks), np.split(std, breaks), strict=True):
+            first = int(run[0])
+            guest = (l1_index * h.l2_entries + int(run_index[0])) * cs
+            node = lay.add(Role.DATA, first, len(run) * cs, l2.owner,
+                           f"data 0x{first:x}+{len(run) * cs:#x} (guest 0x{guest:x})", count=len(run))
+            lay.claim((run >> np.uint64(cb)).astype(np.int64), node)
+            lay.link(l2, node, "L2 entry", int(run_index[0]))
     if compressed.any():
         start, sectors = T.compressed_fields(desc[compressed], cb)
         end = start + sectors * np.uint64(512) - (start & np.uint64(511))
-        s = lay.add(Role.COMPRESSED, 0, 0, owner, f"compressed data of L2 table at 0x{l2_offset:x}")
+        s = lay.add(Role.COMPRESSED, int(start.min()), int((end - start).sum()), l2.owner,
+                    f"compressed data of L2 table at 0x{l2.offset:x} ({int(compressed.sum())} streams)",
+                    count=int(compressed.sum()))
+        lay.link(l2, s, "L2 entries (compressed)", int(np.nonzero(compressed)[0][0]))
         lay.compressed_ranges.append((start, end, s.id))
         first, last = (start >> np.uint64(cb)).astype(np.int64), ((end - np.uint64(1)) >> np.uint64(cb)).astype(np.int64)
         clusters = np.concatenate([(first + k)[first + k <= last] for k in range(int((last - first).max()) + 1)])
