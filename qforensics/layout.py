@@ -163,30 +163,24 @@ def build_layout(img: Image, *, journals: bool = True, graph: bool = False) -> L
                 block = lay.add(Role.REFCOUNT_BLOCK, offset, cs, "image", f"refcount block {i}")
                 lay.claim_range(block)
                 lay.link(reftable, block, "refcount table entry", i)
-    l1s = [(header, "l1_table_offset", "active", h.l1_table_offset, h.l1_size)]
+    parents = {"active": (header, "l1_table_offset")}
     if img.snapshots:
         last = img.snapshots[-1]
         snaptable = lay.add(Role.SNAPSHOT_TABLE, h.snapshots_offset,
                             last.entry_offset + last.entry_size - h.snapshots_offset, "image", "snapshot table")
         lay.claim_range(snaptable)
         lay.link(header, snaptable, "snapshots_offset")
-        l1s += [(snaptable, f"snapshot entry {s.index}", f"snapshot {s.id}", s.l1_table_offset, s.l1_size)
-                for s in img.snapshots if s.l1_table_offset % cs == 0 and s.l1_size <= 1 << 22]
+        parents.update({f"snapshot {s.id}": (snaptable, f"snapshot entry {s.index}") for s in img.snapshots})
     seen_l2: dict[int, Structure] = {}
-    for parent, via, owner, offset, size in l1s:
+    for owner, offset, size in img.l1_tables():
         if not size:
             continue
+        parent, via = parents[owner]
         l1_node = lay.add(Role.L1_TABLE, offset, size * 8, owner, f"{owner} L1 table")
         lay.claim_range(l1_node)
         lay.link(parent, l1_node, via)
-        l1 = img.l1_table(offset, size)
-        if isinstance(l1, Unreadable):
-            continue
-        l2_offsets = l1 & T.L1E_OFFSET_MASK
-        for index in np.nonzero(l2_offsets)[0].tolist():
-            l2_offset = int(l2_offsets[index])
-            if l2_offset % cs:
-                continue
+        refs = img.l2_references(offset, size)
+        for index, l2_offset in [] if isinstance(refs, Unreadable) else refs:
             if l2_offset not in seen_l2:
                 s = lay.add(Role.L2_TABLE, l2_offset, cs, owner, f"{owner} L2 table at 0x{l2_offset:x}")
                 seen_l2[l2_offset] = s

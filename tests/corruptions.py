@@ -59,6 +59,23 @@ class Raw:
         per_block = self.cs // width
         return self.refblock(cluster // per_block) + (cluster % per_block) * width, width
 
+    def snapshot_field(self, n: int, what: str) -> int:
+        """Offset of a snapshot entry's id or name bytes."""
+        pos = self.snapshot_entry(n)
+        extra, id_len = self.u32(pos + 36), struct.unpack_from(">H", self.d, pos + 12)[0]
+        return pos + 40 + extra + (0 if what == "id" else id_len)
+
+    def bitmap_entry(self, n: int = 0) -> int:
+        """Offset of bitmap directory entry n (walks the raw extension area and directory)."""
+        pos = self.u32(100) if self.version >= 3 else 72
+        while self.u32(pos) != 0x23852875:
+            pos += 8 + ((self.u32(pos + 4) + 7) & ~7)
+        entry = self.u64(pos + 8 + 16)
+        for _ in range(n):
+            extra, name = self.u32(entry + 20), struct.unpack_from(">H", self.d, entry + 18)[0]
+            entry += (24 + extra + name + 7) & ~7
+        return entry
+
     def snapshot_entry(self, n: int = 0) -> int:
         pos = self.snap_offset
         for _ in range(n):
@@ -176,6 +193,26 @@ KINDS = [
          lambda r: [(r.l2(compressed_pair(r)[0]) & ((1 << 54) - 1), b"\xde\xad\xbe\xef" * 4)]),
     Kind("compressed_into_l2_table", "compressed_zlib", "beyond qemu", ("overlap.compressed_metadata",),
          lambda r: [(r.l2_entry_at(i), be64((1 << 62) | r.l2_offset(0))) for i in [compressed_pair(r)[0]]]),
+    Kind("zero_flag_in_v2", "v2_compat010", "beyond qemu (runtime-only in qemu)", ("l2.zero_flag_in_v2",),
+         lambda r: [(r.l2_entry_at(first_data(r)[0]), be64(r.l2(first_data(r)[0]) | 1))]),
+    Kind("extended_descriptor_zero_flag", "extended_l2", "271 TODO", ("l2.extended_zero_flag",),
+         lambda r: [(r.l2_entry_at(first_data(r)[0]), be64(r.l2(first_data(r)[0]) | 1))]),
+    Kind("data_file_offset_not_guest", "data_file", "244 / beyond qemu", ("datafile.offset_mismatch",),
+         lambda r: [(r.l2_entry_at(0), be64((1 << 63) | (3 * r.cs)))]),
+    Kind("snapshot_duplicate_name", "snapshots", "beyond qemu", ("snapshot.duplicate_name",),
+         lambda r: [(r.snapshot_field(1, "name"), r.d[r.snapshot_field(0, "name"):r.snapshot_field(0, "name") + 5])]),
+    Kind("snapshot_duplicate_id", "snapshots", "beyond qemu", ("snapshot.duplicate_id",),
+         lambda r: [(r.snapshot_field(1, "id"), r.d[r.snapshot_field(0, "id"):r.snapshot_field(0, "id") + 1])]),
+    Kind("snapshot_disk_size_beyond_l1", "snapshots", "beyond qemu", ("snapshot.l1_too_small",),
+         lambda r: [(r.snapshot_entry(0) + 48, be64(1 << 40))]),
+    Kind("bitmap_in_use", "bitmaps", "291 inconsistent bitmap", ("bitmap.in_use",),
+         lambda r: [(r.bitmap_entry(0) + 12, be32(r.u32(r.bitmap_entry(0) + 12) | 1))]),
+    Kind("bitmap_tail_bits", "bitmaps", "beyond qemu", ("bitmap.tail_bits",),
+         lambda r: [((r.u64(r.u64(r.bitmap_entry(0))) & OFFSET) + r.cs - 1, b"\x80")]),
+    Kind("dirty_without_lazy_refcounts", "v3_default", "039", ("header.dirty_without_lazy_refcounts",),
+         lambda r: [(72, be64(1))]),
+    Kind("bitmaps_bit_without_extension", "v3_default", "beyond qemu", ("header.bitmaps_bit_without_extension",),
+         lambda r: [(88, be64(1))]),
     Kind("truncated_last_clusters", "v3_default", "108 shrunken file", ("refcount.reference_past_eof",),
          lambda r: [], truncate_clusters=2),
     Kind("refcount_past_eof", "v3_default", "notes 7.2 (qemu blind)", ("refcount.past_eof",),

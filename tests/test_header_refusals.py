@@ -134,6 +134,8 @@ POKES = [
          lambda d: [(find_extension(d, 0x23852875) + 8, be("I", 3))]),
     Poke("bitmap_more_than_announced", "bitmaps", "bitmap.directory_too_many", "bitmap directory",
          lambda d: [(find_extension(d, 0x23852875) + 8, be("I", 1))]),
+    Poke("bitmap_duplicate_name", "bitmaps", "bitmap.duplicate_name", "bitmap directory",
+         lambda d: [(bitmap_dir(d) + 24 + 32, d[bitmap_dir(d) + 24:bitmap_dir(d) + 26])]),
     # snapshot table (block/qcow2-snapshot.c qcow2_do_read_snapshots)
     Poke("snapshot_extra_data_too_large", "snapshots", "snapshot.extra_data_too_large", "snapshot table",
          lambda d: [(snapshot_entry(d) + 36, be("I", 2000))]),

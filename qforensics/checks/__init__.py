@@ -13,6 +13,8 @@ from ..findings import Finding, Severity
 from ..model import Image
 from ..layout import build_layout
 from .compressed import check_compressed
+from .entries import check_entries
+from .structures import check_bitmap_rules, check_header_rules, check_snapshot_rules
 from .overlaps import check_overlaps
 from .refcounts import Stats, check_refcounts
 
@@ -75,6 +77,10 @@ def check_image(img: Image) -> CheckReport:
     compressed_findings, exact_ends = check_compressed(img, layout)
     findings += compressed_findings
     findings += check_overlaps(layout, exact_ends)
+    findings += check_entries(img)
+    findings += check_header_rules(img)
+    findings += check_snapshot_rules(img)
+    findings += check_bitmap_rules(img)
     return CheckReport(findings, stats, refusals)
 
 

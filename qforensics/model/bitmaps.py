@@ -103,6 +103,10 @@ def read_bitmap_directory(h: Header, read, file_size: int, nb_bitmaps: int, dir_
         why = check_dir_entry(h, b)
         if why:
             corrupt("bitmap.entry_constraints", f"bitmap '{b.name}': {why}", entry_offset, _qemu_refusal(b))
+        elif any(other.name == b.name for other in bitmaps[:-1]):
+            # qemu creates the in-memory bitmaps at open and fails on the second one of a name
+            corrupt("bitmap.duplicate_name", f"bitmap '{b.name}' at 0x{entry_offset:x}: another bitmap already has "
+                    "this name", entry_offset, f"Bitmap already exists: {b.name}")
     if len(bitmaps) < nb_bitmaps:
         corrupt("bitmap.directory_too_few", f"bitmap directory holds {len(bitmaps)} entries, nb_bitmaps says "
                 f"{nb_bitmaps}", dir_offset, "Less bitmaps found than specified in header extension")

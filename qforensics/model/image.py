@@ -228,6 +228,23 @@ class Image:
         raw = self.read_table(offset, entries * 8, QCOW_MAX_L1_SIZE)
         return raw if isinstance(raw, Unreadable) else tables.l1_entries(raw)
 
+    def l1_tables(self) -> list[tuple[str, int, int]]:
+        """(owner, offset, entries) of the active L1 and of every snapshot L1 QEMU would follow."""
+        h = self.header
+        out = [("active", h.l1_table_offset, h.l1_size)]
+        out += [(f"snapshot {s.id}", s.l1_table_offset, s.l1_size) for s in self.snapshots
+                if s.l1_table_offset % h.cluster_size == 0 and s.l1_size <= QCOW_MAX_L1_SIZE // 8]
+        return out
+
+    def l2_references(self, offset: int, entries: int) -> list[tuple[int, int]] | Unreadable:
+        """(L1 index, L2 offset) of every entry of an L1 table that points at a cluster-aligned L2 table."""
+        l1 = self.l1_table(offset, entries)
+        if isinstance(l1, Unreadable):
+            return l1
+        l2 = l1 & tables.L1E_OFFSET_MASK
+        index = np.nonzero((l2 != 0) & (l2 % np.uint64(self.header.cluster_size) == 0))[0]
+        return list(zip(index.tolist(), l2[index].tolist(), strict=True))
+
     def l2_table(self, offset: int) -> tuple[np.ndarray, np.ndarray | None] | Unreadable:
         """Descriptors (and extended-L2 bitmaps) of the L2 table at ``offset``."""
         if not self.geometry_ok:
