@@ -38,6 +38,7 @@ class Finding:
     host_offset: int | None = None
     guest_offset: int | None = None
     qemu_message: str | None = None
+    qemu_io_only: bool = False  # qemu refuses only a full open (check, convert, qemu-io), not `qemu-img info`
     qemu_check: str | None = None  # the line `qemu-img check` prints for the same fault
     qemu_counts: str | None = None  # the qemu-img check counter it adds to: corruptions, leaks, check-errors
 

@@ -85,6 +85,13 @@ class Raw:
         return pos
 
 
+def deflate_raw(data: bytes) -> bytes:
+    import zlib
+
+    c = zlib.compressobj(9, zlib.DEFLATED, -12)
+    return c.compress(data) + c.flush()
+
+
 def be64(v: int) -> bytes:
     return struct.pack(">Q", v)
 
@@ -101,11 +108,46 @@ class Kind:
     codes: tuple[str, ...]  # finding codes that must appear
     pokes: callable  # Raw -> list[(offset, bytes)] or a callable taking the path
     truncate_clusters: int = 0
+    truncate_to: callable = None  # Raw -> new file size
 
 
 def set_refcount(r: Raw, cluster: int, value: int) -> tuple[int, bytes]:
     offset, width = r.refcount_entry(cluster)
     return offset, value.to_bytes(width, "big")
+
+
+def extension(r: Raw, magic: int) -> int:
+    """Offset of a header extension (raw walk from header_length)."""
+    pos = r.u32(100) if r.version >= 3 else 72
+    while r.u32(pos) not in (magic, 0):
+        pos += 8 + ((r.u32(pos + 4) + 7) & ~7)
+    assert r.u32(pos) == magic, hex(magic)
+    return pos
+
+
+def extensions_end(r: Raw) -> int:
+    """Offset of the end-of-extensions marker."""
+    pos = r.u32(100) if r.version >= 3 else 72
+    while r.u32(pos) != 0:
+        pos += 8 + ((r.u32(pos + 4) + 7) & ~7)
+    return pos
+
+
+def all_compressed(r: Raw) -> list[tuple[int, int]]:
+    """(entry offset, entry) of every compressed L2 entry reachable from the active and first snapshot L1."""
+    l1s = [(r.l1_offset, r.l1_size)]
+    if r.nb_snapshots:
+        e = r.snapshot_entry(0)
+        l1s.append((r.u64(e), r.u32(e + 8)))
+    out = []
+    for off, size in l1s:
+        for i in range(size):
+            l2 = r.u64(off + 8 * i) & OFFSET
+            for j in range(r.cs // r.esize if l2 else 0):
+                entry = r.u64(l2 + j * r.esize)
+                if entry & (1 << 62):
+                    out.append((l2 + j * r.esize, entry))
+    return out
 
 
 def compressed_pair(r: Raw) -> tuple[int, int]:
@@ -213,6 +255,48 @@ KINDS = [
          lambda r: [(72, be64(1))]),
     Kind("bitmaps_bit_without_extension", "v3_default", "beyond qemu", ("header.bitmaps_bit_without_extension",),
          lambda r: [(88, be64(1))]),
+    Kind("bitmap_table_entry_reserved", "bitmaps", "qemu check_table_entry (no message)",
+         ("bitmap.table_invalid", "bitmap.table_entry_invalid"),
+         lambda r: [(r.u64(r.bitmap_entry(0)) & OFFSET, be64(r.u64(r.u64(r.bitmap_entry(0)) & OFFSET) | 0x2))]),
+    Kind("bitmaps_autoclear_cleared", "bitmaps", "qemu warning: bitmaps inconsistent",
+         ("extension.bitmaps_autoclear_clear",), lambda r: [(88, be64(r.u64(88) & ~1))]),
+    Kind("compressed_stream_short", "compressed_zlib", "beyond qemu", ("compressed.wrong_length",),
+         lambda r: [(all_compressed(r)[0][1] & ((1 << 54) - 1), deflate_raw(b"x" * 100))]),
+    Kind("compressed_stream_cut_by_eof", "compressed_zlib", "beyond qemu", ("compressed.truncated",),
+         lambda r: [], truncate_to=lambda r: max((e & ((1 << 54) - 1)) for _, e in all_compressed(r)) + 64),
+    Kind("extl2_compressed_with_bitmap", "combo_extl2_compressed", "271", ("l2.compressed_subcluster_bitmap",),
+         lambda r: [(all_compressed(r)[0][0] + 8, be64(1))]),
+    Kind("dedup_table_past_eof", "draft_dedup", "draft", ("dedup.l1_past_eof",),
+         lambda r: [(extension(r, 0xCD8E819B) + 8, be64(len(r.d) // r.cs * r.cs + 4 * r.cs))]),
+    Kind("dedup_table_unaligned", "draft_dedup", "draft", ("dedup.l1_unaligned",),
+         lambda r: [(extension(r, 0xCD8E819B) + 8, be64(r.u64(extension(r, 0xCD8E819B) + 8) + 0x200))]),
+    Kind("dedup_table_too_large", "draft_dedup", "draft", ("dedup.l1_too_large",),
+         lambda r: [(extension(r, 0xCD8E819B) + 16, be32(0xFFFFFFFF))]),
+    Kind("early_bitmap_table_past_eof", "draft_early_bitmaps", "draft", ("draft_bitmaps.table_past_eof",),
+         lambda r: [(extension(r, 0x23852875) + 12, be64(len(r.d) // r.cs * r.cs + 4 * r.cs))]),
+    Kind("early_bitmap_table_truncated", "draft_early_bitmaps", "draft", ("draft_bitmaps.table_truncated",),
+         lambda r: [(extension(r, 0x23852875) + 8, be32(60000))]),
+    Kind("extension_duplicated", "v3_default", "031 (unknown extensions preserved)", ("extension.duplicate",),
+         lambda r: [(extensions_end(r), r.d[extension(r, 0x6803F857):extensions_end(r)] + be64(0))]),
+    Kind("feature_table_partial_entry", "v3_default", "036", ("extension.feature_table_partial_entry",),
+         lambda r: [(extension(r, 0x6803F857) + 4, be32(380))]),
+    Kind("feature_table_bit_64", "v3_default", "036", ("extension.unparsable",),
+         lambda r: [(extension(r, 0x6803F857) + 8 + 1, b"\x40")]),
+    Kind("extension_area_cut_by_eof", "v3_default", "beyond qemu (qemu reads zeros)", ("extension.truncated",),
+         lambda r: [], truncate_to=lambda r: 200),
+    Kind("no_end_marker_before_backing_name", "backing_chain", "beyond qemu",
+         ("header.extensions_overlap_backing_name",), lambda r: [(8, be64(extensions_end(r)))]),
+    Kind("header_length_116", "v3_default", "spec: multiple of 8", ("header.header_length_unaligned",),
+         lambda r: [(100, be32(116)), (116, r.d[112:extensions_end(r) + 8])]),
+    Kind("header_padding_nonzero", "v3_default", "spec: padding zero", ("header.padding_nonzero",),
+         lambda r: [(108, b"\x01")]),
+    Kind("data_file_raw_without_data_file", "v3_default", "info accepts, open refuses",
+         ("header.data_file_raw_without_data_file",),
+         lambda r: [(88, be64(2))]),
+    Kind("data_file_name_missing", "data_file", "244 'data-file' is required", ("header.data_file_name_missing",),
+         lambda r: [(extension(r, 0x44415441), be32(0x12345678))]),
+    Kind("snapshots_in_data_file_image", "data_file", "244", ("snapshot.with_data_file",),
+         lambda r: [(60, be32(1)), (64, be64(len(r.d) // r.cs * r.cs + 2 * r.cs))]),
     Kind("truncated_last_clusters", "v3_default", "108 shrunken file", ("refcount.reference_past_eof",),
          lambda r: [], truncate_clusters=2),
     Kind("refcount_past_eof", "v3_default", "notes 7.2 (qemu blind)", ("refcount.past_eof",),
@@ -235,4 +319,6 @@ def make(kind: Kind, src_folder: Path, main: str, dst_folder: Path) -> Path:
             f.write(value)
         if kind.truncate_clusters:
             f.truncate(len(data) - kind.truncate_clusters * raw.cs)
+        if kind.truncate_to:
+            f.truncate(kind.truncate_to(raw))
     return path

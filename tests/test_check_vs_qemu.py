@@ -24,7 +24,8 @@ def qemu_check(path: Path, passphrase: str | None = None):
     else:
         args = ["check", "--output=json", path.name]
     res = qemu_img(*args, cwd=path.parent)
-    lines = [line.removeprefix("qemu-img: ") for line in res.stderr.splitlines()]
+    # qemu's "Some clusters may be leaked ... to fix." hint has no newline: the next line is glued to it
+    lines = [line.removeprefix("qemu-img: ").split("on the image file to fix.")[-1] for line in res.stderr.splitlines()]
     lines = [line for line in lines if line.startswith(FAULT_LINE)]
     return res, (json.loads(res.stdout) if res.stdout.strip() else None), lines
 

@@ -7,7 +7,7 @@ numbers stay comparable while our extra findings ride along.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from ..findings import Finding, Severity
 from ..model import Image
@@ -63,16 +63,22 @@ class CheckReport:
 
 
 def check_image(img: Image) -> CheckReport:
-    """Run every check family on an opened image."""
-    refusals = img.refusals
-    findings = list(img.findings)
+    """Run every check family on an opened image.
+
+    When QEMU could not open the image, its counters stay empty: the refcount
+    findings are kept, without the qemu-img check lines qemu never printed.
+    """
+    # check mode skips the snapshot table at open (BDRV_O_CHECK); qcow2_check_read_snapshot_table judges it
+    refusals = [f for f in img.open_refusals if not f.code.startswith(("snapshot.", "header.snapshot_table"))]
     if not img.geometry_ok:
-        findings.append(Finding("check.geometry_unusable", Severity.CORRUPTION,
-                                f"cluster_bits {img.header.cluster_bits} makes the tables unreadable; only the "
-                                "header was checked", "qcow2 header", 20, qemu_counts="check-errors"))
+        findings = img.findings + [Finding("check.geometry_unusable", Severity.CORRUPTION,
+                                           f"cluster_bits {img.header.cluster_bits} makes the tables unreadable; "
+                                           "only the header was checked", "qcow2 header", 20)]
         return CheckReport(findings, Stats(), refusals)
     refcount_findings, stats = check_refcounts(img)
-    findings += refcount_findings
+    if refusals:
+        refcount_findings = [replace(f, qemu_check=None, qemu_counts=None) for f in refcount_findings]
+    findings = list(refcount_findings)
     layout = build_layout(img)
     compressed_findings, exact_ends = check_compressed(img, layout)
     findings += compressed_findings
@@ -81,7 +87,7 @@ def check_image(img: Image) -> CheckReport:
     findings += check_header_rules(img)
     findings += check_snapshot_rules(img)
     findings += check_bitmap_rules(img)
-    return CheckReport(findings, stats, refusals)
+    return CheckReport(img.findings + findings, stats, refusals)
 
 
 def render_human(report: CheckReport, filename: str) -> str:

@@ -30,9 +30,9 @@ def check_header_rules(img: Image) -> list[Finding]:
                            "incompatible bit 1 is set: corrupt (upstream), QEMU opens the image read-only"
                            + ("; with the dedup extension present it is the 2012 draft's deduplication bit"
                               if dedup else ""), "qcow2 header", FIELDS["incompatible_features"][0]))
-    if h.backing_file_offset and img.extensions.end_offset != 0:
+    if h.backing_file_offset and not img.extensions.end_marker:
         ends = img.extensions.end_offset
-        if ends > h.backing_file_offset or (not _has_end_marker(img) and ends >= h.backing_file_offset):
+        if ends <= h.backing_file_offset:
             out.append(Finding("header.extensions_overlap_backing_name", Severity.WARNING,
                                f"the header extension area runs to 0x{ends:x} without its end marker before the "
                                f"backing file name at 0x{h.backing_file_offset:x}", "header extensions",
@@ -42,11 +42,6 @@ def check_header_rules(img: Image) -> list[Finding]:
                            "autoclear bit 0 (bitmaps) is set but there is no bitmaps extension; the spec calls this "
                            "an error", "qcow2 header", FIELDS["autoclear_features"][0]))
     return out
-
-
-def _has_end_marker(img: Image) -> bool:
-    end = img.extensions.end_offset
-    return img.cluster0[end - 8:end - 4] == b"\0\0\0\0" if end >= 8 else False
 
 
 def check_snapshot_rules(img: Image) -> list[Finding]:

@@ -157,3 +157,30 @@ def check_dir_entry(h: Header, b: Bitmap) -> str | None:
         if b.table_size < needed:
             return f"bitmap_table_size {b.table_size} is below the {needed} entries the virtual size needs"
     return None
+
+
+def check_bitmap_tables(h: Header, bitmaps: list[Bitmap], read_table) -> list[Finding]:
+    """QEMU loads the table of every bitmap not in use at open and refuses an invalid entry
+    (block/qcow2-bitmap.c load_bitmap, bitmap_table_load, check_table_entry)."""
+    import numpy as np
+
+    from . import tables as T
+
+    for b in bitmaps:
+        if b.flags & FLAG_IN_USE or b.table_size > BME_MAX_TABLE_SIZE:
+            continue
+        table = read_table(b)
+        if not isinstance(table, np.ndarray):
+            continue
+        offsets = table & T.BME_OFFSET_MASK
+        bad = ((table & T.BME_RESERVED_MASK) != 0) | ((offsets != 0) & (
+            ((table & T.BME_ALL_ONES) != 0) | (offsets % np.uint64(h.cluster_size) != 0)))
+        if bad.any():
+            i = int(np.nonzero(bad)[0][0])
+            return [Finding("bitmap.table_invalid", Severity.CORRUPTION,
+                            f"bitmap '{b.name}' table entry {i} 0x{int(table[i]):016x} is invalid (reserved bits, "
+                            f"or bit 0 or misalignment with an offset); {int(bad.sum())} such entries",
+                            "bitmap table", b.table_offset + i * 8,
+                            qemu_message=f"Could not read bitmap_table table from image for bitmap '{b.name}': "
+                                         "Invalid argument")]
+    return []

@@ -64,6 +64,7 @@ class Extensions:
     items: list[Extension] = field(default_factory=list)
     findings: list[Finding] = field(default_factory=list)
     end_offset: int = 0  # first byte after the last extension read
+    end_marker: bool = False  # the walk ended on a type-0 extension, not at the end of the area
 
     def first(self, magic: int) -> Extension | None:
         return next((e for e in self.items if e.magic == magic), None)
@@ -103,6 +104,7 @@ def read_extensions(h: Header, cluster0: bytes) -> Extensions:
             break
         if magic == END:
             out.end_offset = offset + 8
+            out.end_marker = True
             break
         data = cluster0[offset + 8 : offset + 8 + length]
         ext = Extension(offset, magic, length, data)

@@ -18,7 +18,7 @@ from ..errors import ImageOpenError
 from ..findings import Finding, Severity
 from ..layers.file import FileLayer
 from . import tables
-from .bitmaps import BME_MAX_TABLE_SIZE, Bitmap, read_bitmap_directory
+from .bitmaps import BME_MAX_TABLE_SIZE, Bitmap, check_bitmap_tables, read_bitmap_directory
 from .dedup import DedupTable, read_dedup_table
 from .draft_bitmaps import DraftBitmap, read_draft_bitmaps
 from .encryption import LuksHeader, read_luks_header
@@ -93,13 +93,15 @@ class Image:
                                               "incompatible bit 2 (external data file) is set but no external data "
                                               "file name extension says which file; QEMU needs the data-file option",
                                               "qcow2 header", FIELDS["incompatible_features"][0],
-                                              qemu_message="'data-file' is required for this image"))
+                                              qemu_message="'data-file' is required for this image",
+                                              qemu_io_only=True))
         if h.autoclear_features & 2 and not h.has_data_file:
-            # The spec forbids it; QEMU 7.2 opens such an image all the same.
-            self.open_findings.append(Finding("header.data_file_raw_without_data_file", Severity.WARNING,
+            # `qemu-img info` accepts it; a full open (check, convert, qemu-io) refuses it
+            self.open_findings.append(Finding("header.data_file_raw_without_data_file", Severity.CORRUPTION,
                                               "autoclear_features bit 1 (data-file-raw) is set without "
                                               "incompatible_features bit 2 (external data file)", "qcow2 header",
-                                              FIELDS["autoclear_features"][0]))
+                                              FIELDS["autoclear_features"][0],
+                                              qemu_message="data-file-raw requires a data file", qemu_io_only=True))
 
     # -- small structures ---------------------------------------------------------------------------------
 
@@ -113,7 +115,12 @@ class Image:
 
     @property
     def refusals(self) -> list[Finding]:
-        """Findings for which QEMU 7.2 refuses to open the image (reads what qemu reads at open first)."""
+        """Findings for which `qemu-img info` 7.2 refuses the image (reads what qemu reads at open first)."""
+        return [f for f in self.open_refusals if not f.qemu_io_only]
+
+    @property
+    def open_refusals(self) -> list[Finding]:
+        """Findings for which a full QEMU open (check, convert, qemu-io) fails."""
         self._snapshots, self._bitmaps, self._luks  # noqa: B018 - cached reads, for their findings
         return [f for f in self.findings if f.refused_by_qemu]
 
@@ -162,8 +169,11 @@ class Image:
         ext = self.bitmaps_extension
         if ext is None:
             return [], []
-        return read_bitmap_directory(self.header, self.file.read, self.file.size, ext.num_bitmaps,
-                                     ext.ofs_bitmap_directory, min(ext.len_bitmap_directory, 1024 * 65535))
+        bitmaps, findings = read_bitmap_directory(self.header, self.file.read, self.file.size, ext.num_bitmaps,
+                                                  ext.ofs_bitmap_directory, min(ext.len_bitmap_directory, 1024 * 65535))
+        if not any(f.qemu_message for f in findings):
+            findings += check_bitmap_tables(self.header, bitmaps, self.bitmap_table)
+        return bitmaps, findings
 
     @property
     def bitmaps(self) -> list[Bitmap]:

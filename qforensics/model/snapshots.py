@@ -14,11 +14,12 @@ import kaitaistruct
 
 from ..findings import Finding, Severity
 from ..formats.snapshot_table import SnapshotTable
-from .header import QCOW_MAX_SNAPSHOTS, Header
+from .header import QCOW_MAX_SNAPSHOTS, QCOW_SNAPSHOT_HEADER_SIZE, Header
 from .kaitai import decode_name, opt
 
 QCOW_MAX_SNAPSHOT_EXTRA_DATA = 1024
 QCOW_MAX_SNAPSHOTS_SIZE = 1024 * QCOW_MAX_SNAPSHOTS
+MAX_ENTRY_SIZE = QCOW_SNAPSHOT_HEADER_SIZE + QCOW_MAX_SNAPSHOT_EXTRA_DATA + 2 * 0xFFFF + 7
 STRUCTURE = "snapshot table"
 
 
@@ -64,12 +65,13 @@ def read_snapshots(h: Header, read, file_size: int) -> tuple[list[Snapshot], lis
         return [], findings
     count = min(h.nb_snapshots, QCOW_MAX_SNAPSHOTS)
     start = h.snapshots_offset
-    if start >= file_size:
-        findings.append(Finding("snapshot.table_past_eof", Severity.CORRUPTION,
-                                f"snapshot table at 0x{start:x} ({h.nb_snapshots} entries) is past the end of the "
-                                f"file (0x{file_size:x})", STRUCTURE, start, qemu_message="Failed to read snapshot table"))
-        return [], findings
-    data = read(start, min(QCOW_MAX_SNAPSHOTS_SIZE + 1, file_size - start))
+    data = read(start, min(QCOW_MAX_SNAPSHOTS_SIZE + 1, max(file_size - start, 0)))
+    if len(data) < count * QCOW_SNAPSHOT_HEADER_SIZE:
+        findings.append(Finding("snapshot.table_past_eof", Severity.WARNING,
+                                f"snapshot table at 0x{start:x} ({h.nb_snapshots} entries) runs past the end of the "
+                                f"file (0x{file_size:x}); read as zeros, as QEMU reads it", STRUCTURE, start))
+    # QEMU reads zeros past the end of the file; so do we, within its table size limit
+    data = data.ljust(min(QCOW_MAX_SNAPSHOTS_SIZE + 1, len(data) + count * MAX_ENTRY_SIZE), b"\0")
     io = KaitaiStream(BytesIO(data))
     out: list[Snapshot] = []
     for i in range(count):
