@@ -120,7 +120,8 @@ class Layout:
             clusters = clusters[~outside]
         if clusters.size == 0:
             return
-        clusters = np.unique(clusters)
+        if clusters.size > 1 and not (clusters[1:] > clusters[:-1]).all():
+            clusters = np.unique(clusters)
         current = self.role[clusters]
         free = current == Role.FREE
         self.role[clusters[free]] = s.role

@@ -54,7 +54,7 @@ class _Run:
         self.file_size = self.img.file.size
         self.nb_clusters = -(-self.file_size // self.cs)
         # one spare cluster: qemu accepts references less than a cluster past EOF and grows its table
-        self.imrt = np.zeros(self.nb_clusters + 1, dtype=np.uint64)
+        self.imrt = np.zeros(self.nb_clusters + 1, dtype=np.uint32)
         self.extent = self.nb_clusters
         self.refcount_max = (1 << h.refcount_bits) - 1
         self._blocks: dict[int, np.ndarray] = {}
@@ -62,6 +62,7 @@ class _Run:
         self.reftable = np.zeros(0, dtype=np.uint64) if isinstance(reft, Unreadable) else reft
         self.reftable_entries = h.refcount_table_clusters * self.cs // 8
         self.per_block = self.cs * 8 // h.refcount_bits
+        self._stored: tuple[np.ndarray, np.ndarray] | None = None
 
     # -- findings ---------------------------------------------------------------------------------------
 
@@ -112,8 +113,7 @@ class _Run:
         self.extent = max(self.extent, int(last.max()) + 1)
         span = last - first
         for k in range(int(span.max()) + 1):
-            idx = (first + k)[span >= k]
-            self.imrt += np.bincount(idx, minlength=len(self.imrt)).astype(np.uint64)
+            add_counts(self.imrt, (first + k)[span >= k])
 
     # -- stored refcounts (qcow2_get_refcount) -------------------------------------------------------------
 
@@ -131,8 +131,29 @@ class _Run:
             self._blocks[offset] = T.refcount_block(raw, self.img.header.refcount_order)
         return self._blocks[offset]
 
+    def stored_file(self) -> tuple[np.ndarray, np.ndarray]:
+        """On-disk refcounts of every cluster up to the extent, built block by block, and the unreadable mask."""
+        if self._stored is None:
+            n = self.extent
+            dtype = np.uint16 if self.img.header.refcount_order <= 4 else np.uint64
+            values = np.zeros(n, dtype=dtype)
+            bad = np.zeros(n, dtype=bool)
+            for r in range(-(-n // self.per_block)):
+                lo, hi = r * self.per_block, min((r + 1) * self.per_block, n)
+                blk = self.block(r)
+                if blk is None:
+                    bad[lo:hi] = True
+                else:
+                    values[lo:hi] = blk[: hi - lo]
+            self._stored = (values, bad)
+        return self._stored
+
     def stored(self, clusters: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """On-disk refcounts of the given cluster indices and a mask of those qemu cannot read."""
+        inside = clusters < self.extent
+        if inside.all():
+            values, bad = self.stored_file()
+            return values[clusters].astype(np.uint64), bad[clusters]
         values = np.zeros(clusters.shape, dtype=np.uint64)
         bad = np.zeros(clusters.shape, dtype=bool)
         rt = clusters // self.per_block
@@ -144,6 +165,15 @@ class _Run:
             else:
                 values[sel] = blk[clusters[sel] % self.per_block]
         return values, bad
+
+
+def add_counts(counts: np.ndarray, idx: np.ndarray) -> None:
+    """counts[idx] += 1 for every occurrence (a strictly increasing run needs no sort)."""
+    if idx.size > 1 and not (idx[1:] > idx[:-1]).all():
+        idx, n = np.unique(idx, return_counts=True)
+        counts[idx] += n.astype(counts.dtype)
+    else:
+        counts[idx] += 1
 
 
 def _cluster_types(desc: np.ndarray, extended: bool, data_file: bool) -> np.ndarray:
@@ -414,10 +444,10 @@ def _check_refblocks(run: _Run) -> None:
 def _compare(run: _Run) -> None:
     """compare_refcounts: on-disk refcount vs references, for every cluster up to the end of the file."""
     n = run.extent
-    clusters = np.arange(n, dtype=np.int64)
-    stored, bad = run.stored(clusters)
-    refs = np.minimum(run.imrt[:n], np.uint64(run.refcount_max))
-    overflow = run.imrt[:n] > np.uint64(run.refcount_max)
+    stored, bad = run.stored_file()
+    imrt = run.imrt[:n].astype(np.uint64) if run.refcount_max > 0xFFFFFFFF else run.imrt[:n]
+    refs = np.minimum(imrt, run.refcount_max).astype(stored.dtype)
+    overflow = imrt > run.refcount_max
     for i in np.nonzero(overflow)[0].tolist():
         for _ in range(int(run.imrt[i]) - run.refcount_max):
             run.add("refcount.overflow", Severity.CORRUPTION, f"cluster {i} has more references than "
