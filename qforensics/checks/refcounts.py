@@ -13,6 +13,7 @@ each L2 table is decoded once per visit with vectorised masks.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -23,6 +24,8 @@ from ..model import tables as T
 from ..model.header import QCOW_MAX_L1_SIZE
 
 MAX_FINDINGS_PER_CODE = 10_000
+BLOCK_CACHE = 256  # decoded refcount blocks kept for lookups out of order
+COMPARE_CHUNK = 1 << 20  # clusters compared at a time
 L2_BITMAP_ALL_ALLOC = np.uint64(0xFFFFFFFF)
 # qcow2_get_cluster_type
 UNALLOCATED, NORMAL, COMPRESSED, ZERO_PLAIN, ZERO_ALLOC = range(5)
@@ -53,16 +56,19 @@ class _Run:
         self.cb, self.cs = h.cluster_bits, h.cluster_size
         self.file_size = self.img.file.size
         self.nb_clusters = -(-self.file_size // self.cs)
-        # one spare cluster: qemu accepts references less than a cluster past EOF and grows its table
-        self.imrt = np.zeros(self.nb_clusters + 1, dtype=np.uint32)
-        self.extent = self.nb_clusters
         self.refcount_max = (1 << h.refcount_bits) - 1
-        self._blocks: dict[int, np.ndarray] = {}
+        self.dtype = np.dtype(np.uint8 if h.refcount_bits <= 8 else np.uint16 if h.refcount_bits <= 16
+                              else np.uint32 if h.refcount_bits <= 32 else np.uint64)
+        # the in-memory refcount table, as wide as the image's refcounts; one spare cluster because qemu
+        # accepts references less than a cluster past EOF and grows its table
+        self.imrt = np.zeros(self.nb_clusters + 1, dtype=self.dtype)
+        self.overflows: dict[int, int] = {}  # cluster -> increments qemu refused at refcount_max
+        self.extent = self.nb_clusters
+        self._blocks: OrderedDict[int, np.ndarray] = OrderedDict()
         reft = self.img.refcount_table()
         self.reftable = np.zeros(0, dtype=np.uint64) if isinstance(reft, Unreadable) else reft
         self.reftable_entries = h.refcount_table_clusters * self.cs // 8
         self.per_block = self.cs * 8 // h.refcount_bits
-        self._stored: tuple[np.ndarray, np.ndarray] | None = None
 
     # -- findings ---------------------------------------------------------------------------------------
 
@@ -93,7 +99,7 @@ class _Run:
             return
         first, last = offset >> self.cb, (offset + size - 1) >> self.cb
         self.extent = max(self.extent, last + 1)
-        self.imrt[first:last + 1] += np.uint64(1)
+        self.increment(np.arange(first, last + 1, dtype=np.int64), 1)
 
     def inc_clusters(self, offsets: np.ndarray, sizes: np.ndarray | int, what: str) -> None:
         """inc_range for many ranges at once (vectorised)."""
@@ -113,47 +119,66 @@ class _Run:
         self.extent = max(self.extent, int(last.max()) + 1)
         span = last - first
         for k in range(int(span.max()) + 1):
-            add_counts(self.imrt, (first + k)[span >= k])
+            idx = (first + k)[span >= k]
+            if idx.size > 1 and not (idx[1:] > idx[:-1]).all():  # a strictly increasing run needs no sort
+                idx, n = np.unique(idx, return_counts=True)
+                self.increment(idx, n)
+            else:
+                self.increment(idx, 1)
+
+    def increment(self, idx: np.ndarray, n: np.ndarray | int) -> None:
+        """imrt[idx] += n for distinct idx, saturating at refcount_max as qemu does (each refused
+        increment is an overflow error)."""
+        if self.refcount_max >= 0xFFFFFFFF:
+            new = self.imrt[idx].astype(object) + n  # exact for 64-bit refcounts
+        else:
+            new = self.imrt[idx].astype(np.int64) + n
+        over = new > self.refcount_max
+        if over.any():
+            for c, extra in zip(idx[over].tolist(), (new[over] - self.refcount_max).tolist(), strict=True):
+                self.overflows[c] = self.overflows.get(c, 0) + int(extra)
+            new = np.where(over, self.refcount_max, new)
+        self.imrt[idx] = np.asarray(new).astype(self.dtype)
 
     # -- stored refcounts (qcow2_get_refcount) -------------------------------------------------------------
 
-    def block(self, rt_index: int) -> np.ndarray | None:
-        """Refcounts of one block; None when qemu's lookup fails (unaligned block offset)."""
+    def block(self, rt_index: int, cache: bool = True) -> np.ndarray | None:
+        """Refcounts of one block (qcow2_get_refcount); None when qemu's lookup fails (unaligned block)."""
         if rt_index >= self.reftable_entries or rt_index >= len(self.reftable):
-            return np.zeros(self.per_block, dtype=np.uint64)
+            return np.zeros(self.per_block, dtype=self.dtype)
         offset = int(self.reftable[rt_index] & T.REFT_OFFSET_MASK)
         if offset == 0:
-            return np.zeros(self.per_block, dtype=np.uint64)
+            return np.zeros(self.per_block, dtype=self.dtype)
         if offset % self.cs:
             return None
-        if offset not in self._blocks:
+        blk = self._blocks.get(offset)
+        if blk is None:
             raw = self.img.file.read(offset, self.cs).ljust(self.cs, b"\0")  # qemu reads zeros past EOF
-            self._blocks[offset] = T.refcount_block(raw, self.img.header.refcount_order)
-        return self._blocks[offset]
+            blk = T.refcount_block(raw, self.img.header.refcount_order).astype(self.dtype)
+            if cache:
+                self._blocks[offset] = blk
+                if len(self._blocks) > BLOCK_CACHE:
+                    self._blocks.popitem(last=False)
+        else:
+            self._blocks.move_to_end(offset)
+        return blk
 
-    def stored_file(self) -> tuple[np.ndarray, np.ndarray]:
-        """On-disk refcounts of every cluster up to the extent, built block by block, and the unreadable mask."""
-        if self._stored is None:
-            n = self.extent
-            dtype = np.uint16 if self.img.header.refcount_order <= 4 else np.uint64
-            values = np.zeros(n, dtype=dtype)
-            bad = np.zeros(n, dtype=bool)
-            for r in range(-(-n // self.per_block)):
-                lo, hi = r * self.per_block, min((r + 1) * self.per_block, n)
-                blk = self.block(r)
-                if blk is None:
-                    bad[lo:hi] = True
-                else:
-                    values[lo:hi] = blk[: hi - lo]
-            self._stored = (values, bad)
-        return self._stored
+    def stored_range(self, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """On-disk refcounts of clusters [lo, hi), and the mask of those qemu cannot read (None if all can)."""
+        values = np.zeros(hi - lo, dtype=self.dtype)
+        bad = None
+        for r in range(lo // self.per_block, -(-hi // self.per_block)):
+            a, b = max(lo, r * self.per_block), min(hi, (r + 1) * self.per_block)
+            blk = self.block(r, cache=False)
+            if blk is None:
+                bad = np.zeros(hi - lo, dtype=bool) if bad is None else bad
+                bad[a - lo:b - lo] = True
+            else:
+                values[a - lo:b - lo] = blk[a - r * self.per_block:b - r * self.per_block]
+        return values, bad
 
     def stored(self, clusters: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """On-disk refcounts of the given cluster indices and a mask of those qemu cannot read."""
-        inside = clusters < self.extent
-        if inside.all():
-            values, bad = self.stored_file()
-            return values[clusters].astype(np.uint64), bad[clusters]
         values = np.zeros(clusters.shape, dtype=np.uint64)
         bad = np.zeros(clusters.shape, dtype=bool)
         rt = clusters // self.per_block
@@ -165,15 +190,6 @@ class _Run:
             else:
                 values[sel] = blk[clusters[sel] % self.per_block]
         return values, bad
-
-
-def add_counts(counts: np.ndarray, idx: np.ndarray) -> None:
-    """counts[idx] += 1 for every occurrence (a strictly increasing run needs no sort)."""
-    if idx.size > 1 and not (idx[1:] > idx[:-1]).all():
-        idx, n = np.unique(idx, return_counts=True)
-        counts[idx] += n.astype(counts.dtype)
-    else:
-        counts[idx] += 1
 
 
 def _cluster_types(desc: np.ndarray, extended: bool, data_file: bool) -> np.ndarray:
@@ -442,34 +458,45 @@ def _check_refblocks(run: _Run) -> None:
 
 
 def _compare(run: _Run) -> None:
-    """compare_refcounts: on-disk refcount vs references, for every cluster up to the end of the file."""
-    n = run.extent
-    stored, bad = run.stored_file()
-    imrt = run.imrt[:n].astype(np.uint64) if run.refcount_max > 0xFFFFFFFF else run.imrt[:n]
-    refs = np.minimum(imrt, run.refcount_max).astype(stored.dtype)
-    overflow = imrt > run.refcount_max
-    for i in np.nonzero(overflow)[0].tolist():
-        for _ in range(int(run.imrt[i]) - run.refcount_max):
+    """compare_refcounts: on-disk refcount vs references, for every cluster up to the end of the file.
+
+    Done in chunks of whole refcount blocks, so memory stays flat whatever the file size.
+    """
+    for i, extra in sorted(run.overflows.items()):
+        for _ in range(extra):
             run.add("refcount.overflow", Severity.CORRUPTION, f"cluster {i} has more references than "
                     f"{run.img.header.refcount_bits}-bit refcounts can hold", "refcount block", i << run.cb,
                     f"ERROR: overflow cluster offset=0x{i << run.cb:x}")
-    for i in np.nonzero(bad)[0].tolist():
-        run.add("refcount.unreadable", Severity.WARNING, f"refcount of cluster {i} cannot be read: its refcount "
-                "block offset is not cluster aligned", "refcount table", i << run.cb,
-                f"Can't get refcount for cluster {i}: Input/output error", counts="check-errors")
-    nonzero = ~bad & ((stored > 0) | (refs > 0))
-    highest = int(np.nonzero(nonzero)[0].max()) if nonzero.any() else 0
+    n = run.extent
+    chunk = max(run.per_block, COMPARE_CHUNK // run.per_block * run.per_block)
+    highest = 0
+    for lo in range(0, n, chunk):
+        hi = min(n, lo + chunk)
+        stored, bad = run.stored_range(lo, hi)
+        refs = run.imrt[lo:hi]
+        readable = np.ones(hi - lo, dtype=bool) if bad is None else ~bad
+        if bad is not None:
+            for i in (np.nonzero(bad)[0] + lo).tolist():
+                run.add("refcount.unreadable", Severity.WARNING, f"refcount of cluster {i} cannot be read: its "
+                        "refcount block offset is not cluster aligned", "refcount table", i << run.cb,
+                        f"Can't get refcount for cluster {i}: Input/output error", counts="check-errors")
+        used = np.nonzero(readable & ((stored > 0) | (refs > 0)))[0]
+        if used.size:
+            highest = lo + int(used[-1])
+        for i in (np.nonzero(readable & (stored != refs))[0] + lo).tolist():
+            _mismatch(run, i, int(stored[i - lo]), int(refs[i - lo]))
     run.stats.image_end_offset = (highest + 1) * run.cs
-    diff = np.nonzero(~bad & (stored != refs))[0]
-    for i in diff.tolist():
-        s, r = int(stored[i]), int(refs[i])
-        if s < r:
-            run.add("refcount.too_low", Severity.CORRUPTION, f"cluster {i} (0x{i << run.cb:x}) has refcount {s} but "
-                    f"{r} references", "refcount block", i << run.cb, f"ERROR cluster {i} refcount={s} reference={r}")
-        else:
-            run.add("refcount.leak", Severity.LEAK, f"cluster {i} (0x{i << run.cb:x}) has refcount {s} but {r} "
-                    "references", "refcount block", i << run.cb, f"Leaked cluster {i} refcount={s} reference={r}",
-                    counts="leaks")
+
+
+def _mismatch(run: _Run, i: int, s: int, r: int) -> None:
+    """One compare_refcounts message: refcount below the references is corruption, above is a leak."""
+    if s < r:
+        run.add("refcount.too_low", Severity.CORRUPTION, f"cluster {i} (0x{i << run.cb:x}) has refcount {s} but "
+                f"{r} references", "refcount block", i << run.cb, f"ERROR cluster {i} refcount={s} reference={r}")
+    else:
+        run.add("refcount.leak", Severity.LEAK, f"cluster {i} (0x{i << run.cb:x}) has refcount {s} but {r} "
+                "references", "refcount block", i << run.cb, f"Leaked cluster {i} refcount={s} reference={r}",
+                counts="leaks")
 
 
 def _check_oflag_copied(run: _Run) -> None:
