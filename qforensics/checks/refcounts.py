@@ -181,10 +181,13 @@ class _Run:
         """On-disk refcounts of the given cluster indices and a mask of those qemu cannot read."""
         values = np.zeros(clusters.shape, dtype=np.uint64)
         bad = np.zeros(clusters.shape, dtype=bool)
+        if clusters.size == 0:
+            return values, bad
         rt = clusters // self.per_block
-        for r in np.unique(rt).tolist():
-            sel = rt == r
-            blk = self.block(r)
+        order = np.argsort(rt, kind="stable")
+        edges = np.flatnonzero(np.diff(rt[order])) + 1
+        for sel in np.split(order, edges):
+            blk = self.block(int(rt[sel[0]]))
             if blk is None:
                 bad[sel] = True
             else:
@@ -210,113 +213,114 @@ def _read_padded(img: Image, offset: int, length: int) -> bytes:
     return img.file.read(offset, length).ljust(length, b"\0")
 
 
-def _check_l2(run: _Run, l2_offset: int, owner: str, frag: bool) -> None:
-    """check_refcounts_l2 for one L2 table."""
-    img, h = run.img, run.img.header
-    raw = _read_padded(img, l2_offset, h.cluster_size)
-    desc, bitmap = T.l2_entries(raw, h.extended_l2)
-    if bitmap is None:
-        bitmap = np.zeros_like(desc)
-    where = f"{owner} L2 table at 0x{l2_offset:x}"
+def _check_l2_batch(run: _Run, offsets: list[int], desc2: np.ndarray, bitmap2: np.ndarray | None, owner: str,
+                    frag: bool) -> None:
+    """check_refcounts_l2 for a batch of L2 tables (rows), vectorised."""
+    h = run.img.header
+    n, esize = desc2.shape[1], h.l2_entry_size
+    desc = desc2.ravel()
+    bitmap = np.zeros_like(desc) if bitmap2 is None else bitmap2.ravel()
     types = _cluster_types(desc, h.extended_l2, h.has_data_file)
-    esize = h.l2_entry_size
 
-    reserved = (types != COMPRESSED) & ((desc & T.L2E_STD_RESERVED_MASK) != 0)
-    for i in np.nonzero(reserved)[0].tolist():
-        e = int(desc[i])
-        run.add("l2.reserved_bits", Severity.CORRUPTION, f"L2 entry {i} 0x{e:016x} has reserved bits set "
-                f"(0x{e & int(T.L2E_STD_RESERVED_MASK):x})", where, l2_offset + i * esize,
+    def where(k: int) -> tuple[str, int]:
+        return f"{owner} L2 table at 0x{offsets[k // n]:x}", offsets[k // n] + (k % n) * esize
+
+    for k in np.nonzero((types != COMPRESSED) & ((desc & T.L2E_STD_RESERVED_MASK) != 0))[0].tolist():
+        e = int(desc[k])
+        run.add("l2.reserved_bits", Severity.CORRUPTION, f"L2 entry {k % n} 0x{e:016x} has reserved bits set "
+                f"(0x{e & int(T.L2E_STD_RESERVED_MASK):x})", *where(k),
                 f"ERROR found l2 entry with reserved bits set: {e:x}")
 
-    comp = np.nonzero(types == COMPRESSED)[0]
-    if comp.size:
-        shift = 62 - (h.cluster_bits - 8)
-        mask = (1 << shift) - 1
-        counted = []
-        for i in comp.tolist():
-            e = int(desc[i])
-            if e & (1 << 63):
-                run.add("l2.compressed_copied", Severity.CORRUPTION,
-                        f"compressed L2 entry {i} has OFLAG_COPIED set", where, l2_offset + i * esize,
-                        f"ERROR: coffset=0x{e & mask:x}: copied flag must never be set for compressed clusters")
-                e &= ~(1 << 63)
+    comp = types == COMPRESSED
+    if comp.any():
+        mask = (1 << (62 - (h.cluster_bits - 8))) - 1
+        for k in np.nonzero(comp & ((desc & T.OFLAG_COPIED) != 0))[0].tolist():
+            run.add("l2.compressed_copied", Severity.CORRUPTION, f"compressed L2 entry {k % n} has OFLAG_COPIED set",
+                    *where(k), f"ERROR: coffset=0x{int(desc[k]) & mask:x}: copied flag must never be set for "
+                    "compressed clusters")
+        refused = comp.copy() if h.has_data_file else comp & (bitmap != 0)
+        for k in np.nonzero(refused)[0].tolist():
+            e = int(desc[k]) & ~(1 << 63)
             if h.has_data_file:
-                run.add("l2.compressed_with_data_file", Severity.CORRUPTION,
-                        f"compressed L2 entry {i} in an image with an external data file", where,
-                        l2_offset + i * esize, f"ERROR compressed cluster {i} with data file, entry=0x{e:x}")
-                continue
-            if int(bitmap[i]):
-                run.add("l2.compressed_subcluster_bitmap", Severity.CORRUPTION,
-                        f"compressed L2 entry {i} has subcluster bitmap 0x{int(bitmap[i]):x} (must be 0)", where,
-                        l2_offset + i * esize,
-                        f"ERROR compressed cluster {i} with non-zero subcluster allocation bitmap, entry=0x{e:x}")
-                continue
-            counted.append(i)
-        if counted:
-            idx = np.array(counted)
-            coffset, sectors = T.compressed_fields(desc[idx], h.cluster_bits)
-            csize = sectors * np.uint64(512) - (coffset & np.uint64(511))
-            run.inc_clusters(coffset, csize, f"{owner} compressed data")
+                run.add("l2.compressed_with_data_file", Severity.CORRUPTION, f"compressed L2 entry {k % n} in an "
+                        "image with an external data file", *where(k),
+                        f"ERROR compressed cluster {k % n} with data file, entry=0x{e:x}")
+            else:
+                run.add("l2.compressed_subcluster_bitmap", Severity.CORRUPTION, f"compressed L2 entry {k % n} has "
+                        f"subcluster bitmap 0x{int(bitmap[k]):x} (must be 0)", *where(k),
+                        f"ERROR compressed cluster {k % n} with non-zero subcluster allocation bitmap, entry=0x{e:x}")
+        counted = comp & ~refused
+        if counted.any():
+            coffset, sectors = T.compressed_fields(desc[counted], h.cluster_bits)
+            run.inc_clusters(coffset, sectors * np.uint64(512) - (coffset & np.uint64(511)),
+                             f"{owner} compressed data")
             if frag:
-                run.stats.allocated_clusters += len(counted)
-                run.stats.compressed_clusters += len(counted)
-                run.stats.fragmented_clusters += len(counted)
+                c = int(counted.sum())
+                run.stats.allocated_clusters += c
+                run.stats.compressed_clusters += c
+                run.stats.fragmented_clusters += c
 
     alloc = np.nonzero((types == NORMAL) | (types == ZERO_ALLOC))[0]
     if alloc.size:
-        offsets = desc[alloc] & T.L2E_OFFSET_MASK
+        offs = desc[alloc] & T.L2E_OFFSET_MASK
         bms = bitmap[alloc]
-        for i, o in zip(alloc[((bms >> np.uint64(32)) & bms) != 0].tolist(),
-                        offsets[((bms >> np.uint64(32)) & bms) != 0].tolist(), strict=True):
-            run.add("l2.subcluster_alloc_and_zero", Severity.CORRUPTION,
-                    f"L2 entry {i}: subclusters both allocated and zero (bitmap 0x{int(bitmap[i]):016x})", where,
-                    l2_offset + i * esize, f"ERROR offset={o:x}: Allocated cluster has corrupted subcluster "
-                    "allocation bitmap")
-        unaligned = (offsets % np.uint64(h.cluster_size)) != 0
-        for i, o in zip(alloc[unaligned].tolist(), offsets[unaligned].tolist(), strict=True):
-            e = int(desc[i])
-            data = bool(int(bitmap[i]) & 0xFFFFFFFF) if h.extended_l2 else not e & 1
-            if data:
-                run.add("l2.data_unaligned", Severity.CORRUPTION, f"L2 entry {i}: data cluster offset 0x{o:x} is "
-                        "not cluster aligned", where, l2_offset + i * esize,
+        for k, o in zip(alloc[((bms >> np.uint64(32)) & bms) != 0].tolist(),
+                        offs[((bms >> np.uint64(32)) & bms) != 0].tolist(), strict=True):
+            run.add("l2.subcluster_alloc_and_zero", Severity.CORRUPTION, f"L2 entry {k % n}: subclusters both "
+                    f"allocated and zero (bitmap 0x{int(bitmap[k]):016x})", *where(k),
+                    f"ERROR offset={o:x}: Allocated cluster has corrupted subcluster allocation bitmap")
+        unaligned = (offs % np.uint64(h.cluster_size)) != 0
+        for k, o in zip(alloc[unaligned].tolist(), offs[unaligned].tolist(), strict=True):
+            e = int(desc[k])
+            if (bool(int(bitmap[k]) & 0xFFFFFFFF) if h.extended_l2 else not e & 1):
+                run.add("l2.data_unaligned", Severity.CORRUPTION, f"L2 entry {k % n}: data cluster offset 0x{o:x} "
+                        "is not cluster aligned", *where(k),
                         f"ERROR offset={o:x}: Data cluster is not properly aligned; L2 entry corrupted.")
             else:
-                run.add("l2.preallocated_unaligned", Severity.CORRUPTION, f"L2 entry {i}: preallocated zero "
-                        f"cluster offset 0x{o:x} is not cluster aligned", where, l2_offset + i * esize,
+                run.add("l2.preallocated_unaligned", Severity.CORRUPTION, f"L2 entry {k % n}: preallocated zero "
+                        f"cluster offset 0x{o:x} is not cluster aligned", *where(k),
                         f"ERROR offset={o:x}: Preallocated cluster is not properly aligned; L2 entry corrupted.")
         if frag:
             run.stats.allocated_clusters += int(alloc.size)
-            if alloc.size > 1:
-                run.stats.fragmented_clusters += int((offsets[1:] != offsets[:-1] + np.uint64(h.cluster_size)).sum())
+            same_table = (alloc[1:] // n) == (alloc[:-1] // n)
+            run.stats.fragmented_clusters += int((same_table & (offs[1:] != offs[:-1] + np.uint64(h.cluster_size)))
+                                                 .sum())
         if not h.has_data_file:
-            run.inc_clusters(offsets, h.cluster_size, f"{owner} data")
+            run.inc_clusters(offs, h.cluster_size, f"{owner} data")
 
-    unalloc_bits = np.nonzero((types == UNALLOCATED) & ((bitmap & L2_BITMAP_ALL_ALLOC) != 0))[0]
-    for i in unalloc_bits.tolist():
-        run.add("l2.unallocated_with_alloc_bits", Severity.CORRUPTION,
-                f"unallocated L2 entry {i} has subcluster allocation bits 0x{int(bitmap[i]) & 0xFFFFFFFF:x}",
-                where, l2_offset + i * esize, "ERROR: Unallocated cluster has non-zero subcluster allocation map")
+    for k in np.nonzero((types == UNALLOCATED) & ((bitmap & L2_BITMAP_ALL_ALLOC) != 0))[0].tolist():
+        run.add("l2.unallocated_with_alloc_bits", Severity.CORRUPTION, f"unallocated L2 entry {k % n} has "
+                f"subcluster allocation bits 0x{int(bitmap[k]) & 0xFFFFFFFF:x}", *where(k),
+                "ERROR: Unallocated cluster has non-zero subcluster allocation map")
 
 
 def _check_l1(run: _Run, l1_offset: int, l1_size: int, owner: str, frag: bool) -> None:
-    """check_refcounts_l1."""
+    """check_refcounts_l1, with its L2 tables in batches; for the active L1 also check_oflag_copied
+    (which reads only on-disk refcounts, so it can run in the same pass)."""
     if not l1_size:
         return
     run.inc_range(l1_offset, l1_size * 8, f"{owner} L1 table")
     l1 = T.l1_entries(_read_padded(run.img, l1_offset, l1_size * 8))
-    for i in np.nonzero(l1)[0].tolist():
+    where = f"{owner} L1 table at 0x{l1_offset:x}"
+    present = np.nonzero(l1)[0]
+    for i in present[(l1[present] & T.L1E_RESERVED_MASK) != 0].tolist():
         e = int(l1[i])
-        where = f"{owner} L1 table at 0x{l1_offset:x}"
-        if e & int(T.L1E_RESERVED_MASK):
-            run.add("l1.reserved_bits", Severity.CORRUPTION, f"L1 entry {i} 0x{e:016x} has reserved bits set",
-                    where, l1_offset + i * 8, f"ERROR found L1 entry with reserved bits set: {e:x}")
-        l2_offset = e & int(T.L1E_OFFSET_MASK)
-        run.inc_range(l2_offset, run.cs, f"{owner} L2 table")
-        if l2_offset % run.cs:
-            run.add("l1.l2_unaligned", Severity.CORRUPTION, f"L1 entry {i}: L2 table offset 0x{l2_offset:x} is "
-                    "not cluster aligned", where, l1_offset + i * 8,
-                    f"ERROR l2_offset={l2_offset:x}: Table is not cluster aligned; L1 entry corrupted")
-        _check_l2(run, l2_offset, owner, frag)
+        run.add("l1.reserved_bits", Severity.CORRUPTION, f"L1 entry {i} 0x{e:016x} has reserved bits set",
+                where, l1_offset + i * 8, f"ERROR found L1 entry with reserved bits set: {e:x}")
+    l2_offsets = l1[present] & T.L1E_OFFSET_MASK
+    run.inc_clusters(l2_offsets, run.cs, f"{owner} L2 table")
+    for i, o in zip(present.tolist(), l2_offsets.tolist(), strict=True):
+        if o % run.cs:
+            run.add("l1.l2_unaligned", Severity.CORRUPTION, f"L1 entry {i}: L2 table offset 0x{o:x} is not "
+                    "cluster aligned", where, l1_offset + i * 8,
+                    f"ERROR l2_offset={o:x}: Table is not cluster aligned; L1 entry corrupted")
+    active = owner == "active"
+    if active:
+        _oflag_l1(run, l1, present, l2_offsets)
+    for offsets, desc, bitmap in run.img.l2_batches(l2_offsets.tolist()):
+        _check_l2_batch(run, offsets, desc, bitmap, owner, frag)
+        if active:
+            _oflag_l2(run, offsets, desc)
 
 
 def check_refcounts(img: Image) -> tuple[list[Finding], Stats]:
@@ -361,7 +365,6 @@ def check_refcounts(img: Image) -> tuple[list[Finding], Stats]:
     _check_bitmaps(run)
     _check_refblocks(run)
     _compare(run)
-    _check_oflag_copied(run)
     run.qemu_stopped = True
     _refcounts_past_eof(run)
     for code, n in run.dropped.items():
@@ -499,43 +502,45 @@ def _mismatch(run: _Run, i: int, s: int, r: int) -> None:
                 counts="leaks")
 
 
-def _check_oflag_copied(run: _Run) -> None:
-    """check_oflag_copied over the active L1 and its L2 tables."""
-    img, h = run.img, run.img.header
-    l1 = img.l1_table()
-    if isinstance(l1, Unreadable):
-        return
-    l2_offsets = (l1 & T.L1E_OFFSET_MASK).astype(np.int64)
-    present = np.nonzero(l2_offsets)[0]
-    if present.size == 0:
-        return
-    refcounts, bad = run.stored(l2_offsets[present] >> run.cb)
-    for i, rc, b in zip(present.tolist(), refcounts.tolist(), bad.tolist(), strict=True):
+def _oflag_l1(run: _Run, l1: np.ndarray, present: np.ndarray, l2_offsets: np.ndarray) -> None:
+    """check_oflag_copied, L1 part: COPIED must say whether the L2 table's refcount is exactly 1."""
+    keep = l2_offsets != 0
+    idx, offs = present[keep], l2_offsets[keep]
+    refcounts, bad = run.stored((offs >> np.uint64(run.cb)).astype(np.int64))
+    copied = (l1[idx] >> np.uint64(63)) != 0
+    for i, rc in zip(idx[~bad & ((refcounts == 1) != copied)].tolist(),
+                     refcounts[~bad & ((refcounts == 1) != copied)].tolist(), strict=True):
         e = int(l1[i])
-        if not b and (rc == 1) != bool(e >> 63):
-            run.add("l1.copied_mismatch", Severity.CORRUPTION, f"L1 entry {i}: OFLAG_COPIED is "
-                    f"{'set' if e >> 63 else 'clear'} but the L2 table's refcount is {rc}", "active L1 table",
-                    h.l1_table_offset + i * 8, f"ERROR OFLAG_COPIED L2 cluster: l1_index={i} l1_entry={e:x} "
-                    f"refcount={rc}")
-        l2_offset = int(l2_offsets[i])
-        desc, _ = T.l2_entries(_read_padded(img, l2_offset, h.cluster_size), h.extended_l2)
-        types = _cluster_types(desc, h.extended_l2, h.has_data_file)
-        sel = np.nonzero((types == NORMAL) | (types == ZERO_ALLOC))[0]
-        if sel.size == 0:
-            continue
-        entries = desc[sel]
-        if h.has_data_file:
-            rcs, bads = np.ones(sel.shape, dtype=np.uint64), np.zeros(sel.shape, dtype=bool)
-        else:
-            rcs, bads = run.stored(((entries & T.L2E_OFFSET_MASK) >> np.uint64(run.cb)).astype(np.int64))
-        copied = (entries >> np.uint64(63)) != 0
-        wrong = ~bads & ((rcs == 1) != copied)
-        for j in np.nonzero(wrong)[0].tolist():
-            e2, rc2 = int(entries[j]), int(rcs[j])
-            run.add("l2.copied_mismatch", Severity.CORRUPTION, f"L2 entry {int(sel[j])}: OFLAG_COPIED is "
-                    f"{'set' if e2 >> 63 else 'clear'} but the data cluster's refcount is {rc2}",
-                    f"active L2 table at 0x{l2_offset:x}", l2_offset + int(sel[j]) * h.l2_entry_size,
-                    f"ERROR OFLAG_COPIED data cluster: l2_entry={e2:x} refcount={rc2}")
+        run.add("l1.copied_mismatch", Severity.CORRUPTION, f"L1 entry {i}: OFLAG_COPIED is "
+                f"{'set' if e >> 63 else 'clear'} but the L2 table's refcount is {rc}", "active L1 table",
+                run.img.header.l1_table_offset + i * 8,
+                f"ERROR OFLAG_COPIED L2 cluster: l1_index={i} l1_entry={e:x} refcount={rc}")
+
+
+def _oflag_l2(run: _Run, offsets: list[int], desc2: np.ndarray) -> None:
+    """check_oflag_copied, L2 part, for a batch of active L2 tables (qemu skips L1 entries with offset 0)."""
+    h = run.img.header
+    n = desc2.shape[1]
+    rows = np.nonzero(np.array(offsets, dtype=np.uint64) != 0)[0]
+    desc = desc2[rows].ravel()
+    types = _cluster_types(desc, h.extended_l2, h.has_data_file)
+    sel = np.nonzero((types == NORMAL) | (types == ZERO_ALLOC))[0]
+    if sel.size == 0:
+        return
+    entries = desc[sel]
+    if h.has_data_file:
+        rcs, bads = np.ones(sel.shape, dtype=np.uint64), np.zeros(sel.shape, dtype=bool)
+    else:
+        rcs, bads = run.stored(((entries & T.L2E_OFFSET_MASK) >> np.uint64(run.cb)).astype(np.int64))
+    wrong = ~bads & ((rcs == 1) != ((entries >> np.uint64(63)) != 0))
+    for j in np.nonzero(wrong)[0].tolist():
+        k = int(sel[j])
+        l2_offset = offsets[int(rows[k // n])]
+        e2, rc2 = int(entries[j]), int(rcs[j])
+        run.add("l2.copied_mismatch", Severity.CORRUPTION, f"L2 entry {k % n}: OFLAG_COPIED is "
+                f"{'set' if e2 >> 63 else 'clear'} but the data cluster's refcount is {rc2}",
+                f"active L2 table at 0x{l2_offset:x}", l2_offset + (k % n) * h.l2_entry_size,
+                f"ERROR OFLAG_COPIED data cluster: l2_entry={e2:x} refcount={rc2}")
 
 
 def _refcounts_past_eof(run: _Run) -> None:

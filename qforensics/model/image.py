@@ -255,6 +255,25 @@ class Image:
         index = np.nonzero((l2 != 0) & (l2 % np.uint64(self.header.cluster_size) == 0))[0]
         return list(zip(index.tolist(), l2[index].tolist(), strict=True))
 
+    def l2_batches(self, offsets: list[int], max_entries: int = 1 << 18):
+        """Decode L2 tables in batches: (offsets, descriptors (B, n), subcluster bitmaps (B, n) or None).
+
+        Bytes past the end of the file read as zeros, as QEMU reads them; offsets need not be aligned.
+        """
+        h = self.header
+        per_batch = max(1, max_entries // h.l2_entries)
+        for start in range(0, len(offsets), per_batch):
+            chunk = offsets[start:start + per_batch]
+            raw = bytearray(len(chunk) * h.cluster_size)
+            for k, offset in enumerate(chunk):
+                data = self.file.read(offset, h.cluster_size)
+                raw[k * h.cluster_size:k * h.cluster_size + len(data)] = data
+            words = np.frombuffer(bytes(raw), dtype=">u8").astype(np.uint64).reshape(len(chunk), -1)
+            if h.extended_l2:
+                yield chunk, words[:, 0::2], words[:, 1::2]
+            else:
+                yield chunk, words, None
+
     def l2_table(self, offset: int) -> tuple[np.ndarray, np.ndarray | None] | Unreadable:
         """Descriptors (and extended-L2 bitmaps) of the L2 table at ``offset``."""
         if not self.geometry_ok:
