@@ -17,14 +17,19 @@ The images are only ever opened by the two tools, both of which open them
 read-only (`qemu-img check` without `-r`); the script also checks that each
 image's size and mtime are unchanged after its runs.
 
-"ours" is `python -m qforensics` from this work tree (PYTHONPATH set to the
-tree's root, the interpreter running this script), not the pyenv shim, whose
-bash start-up would be charged to us; `--ours` replaces the command.
+"ours" is `python -m qforensics` (the interpreter running this script), not
+the pyenv shim, whose bash start-up would be charged to us; `--ours` replaces
+the command. The package is copied from this work tree to a temporary folder
+at start-up and run from there (PYTHONPATH), so that edits others make to the
+tree during a long run cannot mix versions in one table; the header names the
+commit, the uncommitted files and a hash of the code measured. `--live-tree`
+runs the tree itself (and warns if the code changed during the run).
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import platform
@@ -78,14 +83,14 @@ def gnu_time() -> str | None:
     path = shutil.which("time", path="/usr/bin:/bin")
     if path is None:
         return None
-    res = subprocess.run([path, "-f", "%M", "true"], capture_output=True, text=True)
+    res = subprocess.run([path, "-f", "%M", "true"], check=False, capture_output=True, text=True)
     return path if res.returncode == 0 and res.stderr.strip().isdigit() else None
 
 
 TIME = gnu_time()
 
 
-def run_once(cmd: list[str], env: dict[str, str]) -> Run:
+def run_once(cmd: list[str], env: dict[str, str], cwd: Path) -> Run:
     """Run cmd to completion; wall-clock seconds and the process's own peak RSS.
 
     A child forked from this (Python) process inherits our resident set as its
@@ -98,7 +103,7 @@ def run_once(cmd: list[str], env: dict[str, str]) -> Run:
             tempfile.NamedTemporaryFile(mode="r", suffix=".rss") as rss:
         full = [TIME, "-f", "%M", "-o", rss.name, *cmd] if TIME else cmd
         t0 = time.perf_counter()
-        proc = subprocess.Popen(full, stdin=subprocess.DEVNULL, stdout=out, stderr=err, env=env)
+        proc = subprocess.Popen(full, stdin=subprocess.DEVNULL, stdout=out, stderr=err, env=env, cwd=cwd)
         _, status, usage = os.wait4(proc.pid, 0)
         seconds = time.perf_counter() - t0
         proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here; keep Popen from waiting again
@@ -136,6 +141,30 @@ def fingerprint(path: Path) -> tuple[int, int]:
     return st.st_size, st.st_mtime_ns
 
 
+def code_hash(root: Path = REPO) -> str:
+    """Hash of the qforensics sources under root (the package's .py files)."""
+    h = hashlib.sha1()
+    for f in sorted((root / "qforensics").rglob("*.py")):
+        h.update(str(f.relative_to(root)).encode() + b"\0" + f.read_bytes() + b"\0")
+    return h.hexdigest()[:12]
+
+
+def freeze_tree(dest: Path) -> str:
+    """Copy the package into dest, so edits made to the tree during a long run cannot mix versions.
+
+    The copy is taken twice if the tree changed while copying; returns its code hash.
+    """
+    for _ in range(5):
+        before = code_hash()
+        shutil.rmtree(dest / "qforensics", ignore_errors=True)
+        shutil.copytree(REPO / "qforensics", dest / "qforensics",
+                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        if code_hash(dest) == before == code_hash():
+            return before
+        time.sleep(1)
+    sys.exit("bench_check: qforensics/ keeps changing while being copied; try again")
+
+
 def machine() -> dict:
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor())
@@ -143,17 +172,20 @@ def machine() -> dict:
                   if line.startswith("MemTotal"))
 
     def git(*a: str) -> str:
-        res = subprocess.run(["git", "-C", str(REPO), *a], capture_output=True, text=True)
+        res = subprocess.run(["git", "-C", str(REPO), *a], check=False, capture_output=True, text=True)
         return res.stdout.strip()
 
     return {"date": time.strftime("%Y-%m-%d %H:%M %Z"), "cores": os.cpu_count(), "cpu": cpu,
             "ram_gib": round(mem_kb / 2**20, 1), "python": platform.python_version(),
-            "qemu_img": subprocess.run(["qemu-img", "--version"], capture_output=True,
+            "qemu_img": subprocess.run(["qemu-img", "--version"], check=False, capture_output=True,
                                        text=True).stdout.splitlines()[0],
-            "commit": git("rev-parse", "--short", "HEAD") + (" (dirty tree)" if git("status", "--porcelain") else "")}
+            "commit": git("rev-parse", "--short", "HEAD"),
+            "modified": [line.split(maxsplit=1)[1] for line in
+                         git("status", "--porcelain", "--untracked-files=no", "--", "qforensics").splitlines()],
+            "code_hash": code_hash()}
 
 
-def bench_image(path: Path, runs: int, ours_cmd: list[str], env: dict[str, str]) -> dict:
+def bench_image(path: Path, runs: int, ours_cmd: list[str], env: dict[str, str], cwd: Path) -> dict:
     qemu_cmd = ["qemu-img", "check", "--output=json", str(path)]
     ours_cmd = [*ours_cmd, "check", "--output", "json", str(path)]
     before = fingerprint(path)
@@ -161,8 +193,8 @@ def bench_image(path: Path, runs: int, ours_cmd: list[str], env: dict[str, str])
     problems: set[str] = set()
 
     def step(label: str, timed: bool) -> None:
-        q = run_once(qemu_cmd, env)
-        o = run_once(ours_cmd, env)
+        q = run_once(qemu_cmd, env, cwd)
+        o = run_once(ours_cmd, env, cwd)
         problems.update(compare(q, o))
         if timed:
             series["qemu"].runs.append(q)
@@ -220,29 +252,51 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--images", nargs="+", choices=IMAGES, default=list(IMAGES))
     ap.add_argument("--runs", type=int, default=5, help="timed runs of each tool per image (default 5)")
     ap.add_argument("--ours", default=f"{shlex.quote(sys.executable)} -m qforensics",
-                    help="command that runs qforensics (default: this interpreter, -m qforensics, this tree)")
+                    help="command that runs qforensics (default: this interpreter, -m qforensics)")
     ap.add_argument("--json", metavar="FILE", help="also write the results as JSON to FILE")
+    ap.add_argument("--live-tree", action="store_true",
+                    help="run qforensics from the work tree itself rather than from a copy frozen at start-up")
     args = ap.parse_args(argv)
     if args.runs < 1:
         ap.error("--runs must be at least 1")
     missing = [n for n in args.images if not (Path(args.dir) / n).is_file()]
     if missing:
         sys.exit(f"bench_check: missing {', '.join(missing)} in {args.dir}; run benchmarks/make_images.py first")
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-    env.pop("QFORENSICS_DEBUG", None)
+    frozen = Path(tempfile.mkdtemp(prefix="qf-bench-code-"))
+    try:
+        return bench(args, frozen)
+    finally:
+        shutil.rmtree(frozen, ignore_errors=True)
 
+
+def bench(args: argparse.Namespace, frozen: Path) -> int:
+    env = dict(os.environ)
     info = machine()
+    if args.live_tree:
+        code_root = REPO
+    else:
+        info["code_hash"] = freeze_tree(frozen)
+        code_root = frozen
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(code_root), env.get("PYTHONPATH")]))
+    env["PYTHONDONTWRITEBYTECODE"] = "1"  # nothing written next to the sources
+    env.pop("QFORENSICS_DEBUG", None)
     info["rss_method"] = "GNU time %M" if TIME else "os.wait4 (floor: this script's own RSS)"
-    print(f"{info['date']}  {info['cores']} cores, {info['cpu']}, {info['ram_gib']} GiB RAM  "
-          f"Python {info['python']}  {info['qemu_img']}  tree {info['commit']}  RSS via {info['rss_method']}")
+    dirty = f" + uncommitted {', '.join(info['modified'])}" if info["modified"] else ""
+    where = "the live tree" if args.live_tree else "a frozen copy"
+    print(f"{info['date']}  {info['cores']} cores, {info['cpu']}, {info['ram_gib']} GiB RAM  Python {info['python']}  "
+          f"{info['qemu_img']}\nqforensics at {info['commit']}{dirty} (code hash {info['code_hash']}, run from "
+          f"{where})  RSS via {info['rss_method']}")
     results = []
     for name in args.images:
-        res = bench_image(Path(args.dir) / name, args.runs, shlex.split(args.ours), env)
+        # cwd is the code root too: `python -m` puts the cwd first on sys.path
+        res = bench_image(Path(args.dir).resolve() / name, args.runs, shlex.split(args.ours), env, code_root)
         results.append(res)
         print_table(res)
         sys.stdout.flush()
 
+    if args.live_tree and code_hash() != info["code_hash"]:
+        print("\n" + "!" * 72 + "\n!!! qforensics/ CHANGED DURING THE RUN (code hash "
+              f"{info['code_hash']} -> {code_hash()}): the figures mix versions; run again\n" + "!" * 72)
     print("\nsummary")
     print(f"  {'image':<20} {'qemu s':>8} {'ours s':>8} {'ours/qemu':>10} {'qemu MB':>8} {'ours MB':>8}  agree")
     for r in results:

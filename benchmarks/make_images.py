@@ -55,7 +55,7 @@ RECIPES: dict[str, dict] = {
 
 
 def run(cmd: list[str], **kw) -> subprocess.CompletedProcess:
-    res = subprocess.run(cmd, capture_output=True, text=True, **kw)
+    res = subprocess.run(cmd, check=False, capture_output=True, text=True, **kw)
     if res.returncode != 0:
         sys.exit(f"make_images: failed ({res.returncode}): {' '.join(cmd)}\n{res.stderr}{res.stdout[-2000:]}")
     return res
@@ -70,7 +70,7 @@ def qemu_io_script(path: Path, lines: list[str], l2_cache: str) -> None:
     """Feed `lines` to one qemu-io process; every write must report success."""
     opts = f"driver=qcow2,file.filename={path},l2-cache-size={l2_cache},cache.no-flush=on"
     script = "".join(line + "\n" for line in lines)
-    res = subprocess.run(["qemu-io", "--image-opts", opts], input=script, capture_output=True, text=True)
+    res = subprocess.run(["qemu-io", "--image-opts", opts], input=script, check=False, capture_output=True, text=True)
     wrote = len(re.findall(r"wrote (\d+)/\1 bytes", res.stdout))
     expected = sum(1 for line in lines if line.startswith("write "))
     if res.returncode != 0 or wrote != expected or res.stderr.strip():

@@ -112,26 +112,33 @@ class Layout:
             self.claim(np.arange(first, last + 1, dtype=np.int64), s)
 
     def claim(self, clusters: np.ndarray, s: Structure) -> None:
-        """Claim clusters for a structure; record conflicts and clusters past the end of the file."""
+        """Claim clusters for one structure."""
+        self.claim_many(clusters, np.full(clusters.shape, s.id, dtype=np.int32), s.role)
+
+    def claim_many(self, clusters: np.ndarray, sids: np.ndarray, role: Role) -> None:
+        """Claim clusters for structures of one role (one id per cluster); record conflicts and
+        clusters past the end of the file."""
         n = len(self.role)
         outside = clusters >= n
         if outside.any():
-            self.past_eof.append((s.id, int(clusters[outside][0]) << self.cluster_bits))
-            clusters = clusters[~outside]
+            self.past_eof.append((int(sids[outside][0]), int(clusters[outside][0]) << self.cluster_bits))
+            clusters, sids = clusters[~outside], sids[~outside]
         if clusters.size == 0:
             return
         if clusters.size > 1 and not (clusters[1:] > clusters[:-1]).all():
-            clusters = np.unique(clusters)
-        current = self.role[clusters]
-        free = current == Role.FREE
-        self.role[clusters[free]] = s.role
-        self.owner[clusters[free]] = s.id
-        taken = clusters[~free]
+            order = np.argsort(clusters, kind="stable")
+            clusters, sids = clusters[order], sids[order]
+            first = np.concatenate(([True], clusters[1:] != clusters[:-1]))
+            clusters, sids = clusters[first], sids[first]  # same role twice in one claim: sharing
+        free = self.role[clusters] == Role.FREE
+        self.role[clusters[free]] = role
+        self.owner[clusters[free]] = sids[free]
+        taken, by = clusters[~free], sids[~free]
         if taken.size:
-            same = self.role[taken] == s.role
-            clash = taken[~same | (s.role not in SHAREABLE)]
-            clash = clash[self.owner[clash] != s.id]
-            self.conflicts += [Conflict(int(c), int(self.owner[c]), s.id) for c in clash[:1000].tolist()]
+            clash = (self.role[taken] != role) | (role not in SHAREABLE)
+            clash &= self.owner[taken] != by
+            self.conflicts += [Conflict(int(c), int(self.owner[c]), int(b))
+                               for c, b in zip(taken[clash][:1000].tolist(), by[clash][:1000].tolist(), strict=True)]
 
     def free_clusters(self) -> np.ndarray:
         return np.nonzero(self.role == Role.FREE)[0]
@@ -181,13 +188,21 @@ def build_layout(img: Image, *, journals: bool = True, graph: bool = False) -> L
         lay.claim_range(l1_node)
         lay.link(parent, l1_node, via)
         refs = img.l2_references(offset, size)
+        new: list[tuple[int, Structure]] = []
         for index, l2_offset in [] if isinstance(refs, Unreadable) else refs:
             if l2_offset not in seen_l2:
                 s = lay.add(Role.L2_TABLE, l2_offset, cs, owner, f"{owner} L2 table at 0x{l2_offset:x}")
                 seen_l2[l2_offset] = s
-                lay.claim_range(s)
-                _claim_data(img, lay, s, index)
+                new.append((index, s))
             lay.link(l1_node, seen_l2[l2_offset], "L1 entry", index)
+        if new:
+            lay.claim_many(np.array([s.offset >> cb for _, s in new], dtype=np.int64),
+                           np.array([s.id for _, s in new], dtype=np.int32), Role.L2_TABLE)
+            if graph:
+                for index, s in new:
+                    _claim_data(img, lay, s, index)
+            else:
+                _claim_data_batched(img, lay, [s for _, s in new])
     bm = img.bitmaps_extension
     if bm is not None:
         directory = lay.add(Role.BITMAP_DIRECTORY, bm.ofs_bitmap_directory, bm.len_bitmap_directory, "image",
@@ -249,8 +264,35 @@ def build_layout(img: Image, *, journals: bool = True, graph: bool = False) -> L
     return lay
 
 
+def _claim_data_batched(img: Image, lay: Layout, tables: list[Structure]) -> None:
+    """The data and compressed ranges of many L2 tables, claimed a batch at a time (check mode)."""
+    h = img.header
+    if h.has_data_file:
+        return
+    cb, cs = h.cluster_bits, h.cluster_size
+    by_offset = {s.offset: s for s in tables}
+    for offsets, desc, _ in img.l2_batches([s.offset for s in tables]):
+        l2s = [by_offset[o] for o in offsets]
+        compressed = (desc & T.OFLAG_COMPRESSED) != 0
+        data = desc & T.L2E_OFFSET_MASK
+        valid = ~compressed & (data != 0) & (data % np.uint64(cs) == 0)
+        rows = np.nonzero(valid.any(axis=1))[0]
+        if rows.size:
+            data_ids = np.full(len(l2s), -1, dtype=np.int32)
+            for r in rows.tolist():
+                data_ids[r] = lay.add(Role.DATA, 0, 0, l2s[r].owner, f"data of L2 table at 0x{l2s[r].offset:x}").id
+            row, _ = np.nonzero(valid)
+            lay.claim_many((data[valid] >> np.uint64(cb)).astype(np.int64), data_ids[row], Role.DATA)
+        for r in np.nonzero(compressed.any(axis=1))[0].tolist():
+            start, sectors = T.compressed_fields(desc[r][compressed[r]], cb)
+            end = start + sectors * np.uint64(512) - (start & np.uint64(511))
+            s = lay.add(Role.COMPRESSED, int(start.min()), int((end - start).sum()), l2s[r].owner,
+                        f"compressed data of L2 table at 0x{l2s[r].offset:x}", count=int(compressed[r].sum()))
+            _claim_compressed(lay, start, end, s)
+
+
 def _claim_data(img: Image, lay: Layout, l2: Structure, l1_index: int) -> None:
-    """Data clusters and compressed byte ranges that one L2 table references."""
+    """Data extents (runs of contiguous host clusters) and compressed ranges of one L2 table, as graph nodes."""
     h = img.header
     table = img.l2_table(l2.offset)
     if isinstance(table, Unreadable) or h.has_data_file:
@@ -261,10 +303,7 @@ def _claim_data(img: Image, lay: Layout, l2: Structure, l1_index: int) -> None:
     offsets = desc & T.L2E_OFFSET_MASK
     index = np.nonzero(~compressed & (offsets != 0) & (offsets % np.uint64(cs) == 0))[0]
     std = offsets[index]
-    if std.size and lay.edges is None:
-        lay.claim((std >> np.uint64(cb)).astype(np.int64),
-                  lay.add(Role.DATA, 0, 0, l2.owner, f"data of L2 table at 0x{l2.offset:x}"))
-    elif std.size:
+    if std.size:
         breaks = np.nonzero((np.diff(std) != np.uint64(cs)) | (np.diff(index) != 1))[0] + 1
         for run_index, run in zip(np.split(index, breaks), np.split(std, breaks), strict=True):
             first = int(run[0])
@@ -280,7 +319,12 @@ def _claim_data(img: Image, lay: Layout, l2: Structure, l1_index: int) -> None:
                     f"compressed data of L2 table at 0x{l2.offset:x} ({int(compressed.sum())} streams)",
                     count=int(compressed.sum()))
         lay.link(l2, s, "L2 entries (compressed)", int(np.nonzero(compressed)[0][0]))
-        lay.compressed_ranges.append((start, end, s.id))
-        first, last = (start >> np.uint64(cb)).astype(np.int64), ((end - np.uint64(1)) >> np.uint64(cb)).astype(np.int64)
-        clusters = np.concatenate([(first + k)[first + k <= last] for k in range(int((last - first).max()) + 1)])
-        lay.claim(clusters, s)
+        _claim_compressed(lay, start, end, s)
+
+
+def _claim_compressed(lay: Layout, start: np.ndarray, end: np.ndarray, s: Structure) -> None:
+    """Record compressed byte ranges and claim every host cluster they touch."""
+    lay.compressed_ranges.append((start, end, s.id))
+    first = (start >> np.uint64(lay.cluster_bits)).astype(np.int64)
+    last = ((end - np.uint64(1)) >> np.uint64(lay.cluster_bits)).astype(np.int64)
+    lay.claim(np.concatenate([(first + k)[first + k <= last] for k in range(int((last - first).max()) + 1)]), s)

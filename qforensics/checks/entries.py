@@ -26,13 +26,11 @@ def check_entries(img: Image) -> list[Finding]:
     seen: set[int] = set()
     for owner, l1_offset, l1_size in img.l1_tables():
         refs = img.l2_references(l1_offset, l1_size)
-        for l1_index, l2_offset in [] if isinstance(refs, Unreadable) else refs:
-            if l2_offset in seen:
-                continue
-            seen.add(l2_offset)
-            table = img.l2_table(l2_offset)
-            if not isinstance(table, Unreadable):
-                out += _l2_rules(img, owner, l1_index, l2_offset, *table)
+        new = {o: i for i, o in ([] if isinstance(refs, Unreadable) else refs) if o not in seen}
+        seen |= new.keys()
+        for offsets, desc, bitmap in img.l2_batches(list(new)):
+            for r, l2_offset in enumerate(offsets):
+                out += _l2_rules(img, owner, new[l2_offset], l2_offset, desc[r], None if bitmap is None else bitmap[r])
     return out
 
 

@@ -99,7 +99,7 @@ class _Run:
             return
         first, last = offset >> self.cb, (offset + size - 1) >> self.cb
         self.extent = max(self.extent, last + 1)
-        self.increment(np.arange(first, last + 1, dtype=np.int64), 1)
+        self.increment_range(first, last + 1)
 
     def inc_clusters(self, offsets: np.ndarray, sizes: np.ndarray | int, what: str) -> None:
         """inc_range for many ranges at once (vectorised)."""
@@ -120,11 +120,25 @@ class _Run:
         span = last - first
         for k in range(int(span.max()) + 1):
             idx = (first + k)[span >= k]
-            if idx.size > 1 and not (idx[1:] > idx[:-1]).all():  # a strictly increasing run needs no sort
+            if idx.size and int(idx[-1]) - int(idx[0]) == idx.size - 1 and (idx.size == 1 or (
+                    np.diff(idx) == 1).all()):
+                self.increment_range(int(idx[0]), int(idx[-1]) + 1)  # contiguous (preallocation, sequential writes)
+            elif idx.size > 1 and not (idx[1:] > idx[:-1]).all():  # a strictly increasing run needs no sort
                 idx, n = np.unique(idx, return_counts=True)
                 self.increment(idx, n)
             else:
                 self.increment(idx, 1)
+
+    def increment_range(self, lo: int, hi: int) -> None:
+        """imrt[lo:hi] += 1 for a contiguous run, saturating as ``increment`` does."""
+        seg = self.imrt[lo:hi]
+        full = seg == self.refcount_max
+        if full.any():
+            for c in (np.nonzero(full)[0] + lo).tolist():
+                self.overflows[c] = self.overflows.get(c, 0) + 1
+            seg[~full] += 1
+        else:
+            seg += 1
 
     def increment(self, idx: np.ndarray, n: np.ndarray | int) -> None:
         """imrt[idx] += n for distinct idx, saturating at refcount_max as qemu does (each refused
@@ -183,6 +197,10 @@ class _Run:
         bad = np.zeros(clusters.shape, dtype=bool)
         if clusters.size == 0:
             return values, bad
+        lo, hi = int(clusters[0]), int(clusters[-1]) + 1
+        if hi - lo == clusters.size and hi <= self.extent and (np.diff(clusters) == 1).all():
+            stored, unreadable = self.stored_range(lo, hi)  # a contiguous run: whole blocks at a time
+            return stored.astype(np.uint64), (bad if unreadable is None else unreadable)
         rt = clusters // self.per_block
         order = np.argsort(rt, kind="stable")
         edges = np.flatnonzero(np.diff(rt[order])) + 1

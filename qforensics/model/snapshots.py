@@ -65,13 +65,15 @@ def read_snapshots(h: Header, read, file_size: int) -> tuple[list[Snapshot], lis
         return [], findings
     count = min(h.nb_snapshots, QCOW_MAX_SNAPSHOTS)
     start = h.snapshots_offset
-    data = read(start, min(QCOW_MAX_SNAPSHOTS_SIZE + 1, max(file_size - start, 0)))
+    # at most what the announced entries can occupy, and never past QEMU's table size limit
+    bound = min(QCOW_MAX_SNAPSHOTS_SIZE + 1, count * MAX_ENTRY_SIZE)
+    data = read(start, min(bound, max(file_size - start, 0)))
     if len(data) < count * QCOW_SNAPSHOT_HEADER_SIZE:
         findings.append(Finding("snapshot.table_past_eof", Severity.WARNING,
                                 f"snapshot table at 0x{start:x} ({h.nb_snapshots} entries) runs past the end of the "
                                 f"file (0x{file_size:x}); read as zeros, as QEMU reads it", STRUCTURE, start))
     # QEMU reads zeros past the end of the file; so do we, within its table size limit
-    data = data.ljust(min(QCOW_MAX_SNAPSHOTS_SIZE + 1, len(data) + count * MAX_ENTRY_SIZE), b"\0")
+    data = data.ljust(bound, b"\0")
     io = KaitaiStream(BytesIO(data))
     out: list[Snapshot] = []
     for i in range(count):
