@@ -45,6 +45,8 @@ class Role(IntEnum):
 
 
 SHAREABLE = {Role.L2_TABLE, Role.DATA, Role.COMPRESSED, Role.BITMAP_DATA, Role.JOURNAL}
+# roles claimed in bulk, whose owner is not kept per cluster (memory: one int per cluster of a 1 TiB file)
+UNOWNED = {Role.DATA, Role.COMPRESSED}
 
 
 @dataclass
@@ -82,7 +84,8 @@ class Layout:
     cluster_bits: int
     file_size: int
     role: np.ndarray
-    owner: np.ndarray
+    owner: dict[int, int] = field(default_factory=dict)  # cluster -> structure id, metadata roles only
+    data_of_l2: dict[int, int] = field(default_factory=dict)  # L2 table offset -> id of its data structure
     structures: list[Structure] = field(default_factory=list)
     conflicts: list[Conflict] = field(default_factory=list)
     past_eof: list[tuple[int, int]] = field(default_factory=list)  # (structure id, host offset)
@@ -132,13 +135,15 @@ class Layout:
             clusters, sids = clusters[first], sids[first]  # same role twice in one claim: sharing
         free = self.role[clusters] == Role.FREE
         self.role[clusters[free]] = role
-        self.owner[clusters[free]] = sids[free]
+        if role not in UNOWNED:
+            self.owner.update(zip(clusters[free].tolist(), sids[free].tolist(), strict=True))
         taken, by = clusters[~free], sids[~free]
         if taken.size:
             clash = (self.role[taken] != role) | (role not in SHAREABLE)
-            clash &= self.owner[taken] != by
-            self.conflicts += [Conflict(int(c), int(self.owner[c]), int(b))
-                               for c, b in zip(taken[clash][:1000].tolist(), by[clash][:1000].tolist(), strict=True)]
+            for c, b in zip(taken[clash][:1000].tolist(), by[clash][:1000].tolist(), strict=True):
+                first = self.owner.get(c, -1)  # -1: data, named after the walk (resolve_data_owners)
+                if first != b:
+                    self.conflicts.append(Conflict(c, first, b))
 
     def free_clusters(self) -> np.ndarray:
         return np.nonzero(self.role == Role.FREE)[0]
@@ -153,8 +158,7 @@ def build_layout(img: Image, *, journals: bool = True, graph: bool = False) -> L
     h = img.header
     cb, cs = h.cluster_bits, h.cluster_size
     n = -(-img.file.size // cs)
-    lay = Layout(cb, img.file.size, np.zeros(n, dtype=np.int8), np.full(n, -1, dtype=np.int32),
-                 edges=[] if graph else None)
+    lay = Layout(cb, img.file.size, np.zeros(n, dtype=np.int8), edges=[] if graph else None)
     header = lay.add(Role.HEADER, 0, cs, "image", "header and extensions")
     lay.claim_range(header)
     for e in img.extensions.items:
@@ -251,6 +255,7 @@ def build_layout(img: Image, *, journals: bool = True, graph: bool = False) -> L
                                f"draft bitmap '{b.name}' data")
                 lay.claim((data >> np.uint64(cb)).astype(np.int64), node)
                 lay.link(l1_node, node, "L1 entries")
+    resolve_data_owners(img, lay, seen_l2)
     if journals:
         for area in find_journals(img, lay.free_clusters()):
             previous = None
@@ -262,6 +267,22 @@ def build_layout(img: Image, *, journals: bool = True, graph: bool = False) -> L
                     lay.link(previous, node, "journal END entry", k)
                 previous = node
     return lay
+
+
+def resolve_data_owners(img: Image, lay: Layout, l2_tables: dict[int, Structure]) -> None:
+    """Name the data side of conflicts whose first claimant was data (its owner is not kept per cluster)."""
+    unknown = {c.cluster for c in lay.conflicts if c.first == -1}
+    if not unknown:
+        return
+    found: dict[int, int] = {}
+    wanted = np.array(sorted(unknown), dtype=np.uint64)
+    for offsets, desc, _ in img.l2_batches(list(l2_tables)):
+        hits = np.isin((desc & T.L2E_OFFSET_MASK) >> np.uint64(lay.cluster_bits), wanted)
+        for r, k in zip(*np.nonzero(hits), strict=True):
+            cluster = int(desc[r, k] & T.L2E_OFFSET_MASK) >> lay.cluster_bits
+            found.setdefault(cluster, lay.data_of_l2.get(offsets[r], l2_tables[offsets[r]].id))
+    lay.conflicts = [c if c.first != -1 else Conflict(c.cluster, found.get(c.cluster, c.second), c.second)
+                     for c in lay.conflicts]
 
 
 def _claim_data_batched(img: Image, lay: Layout, tables: list[Structure]) -> None:
@@ -281,6 +302,7 @@ def _claim_data_batched(img: Image, lay: Layout, tables: list[Structure]) -> Non
             data_ids = np.full(len(l2s), -1, dtype=np.int32)
             for r in rows.tolist():
                 data_ids[r] = lay.add(Role.DATA, 0, 0, l2s[r].owner, f"data of L2 table at 0x{l2s[r].offset:x}").id
+                lay.data_of_l2[l2s[r].offset] = int(data_ids[r])
             row, _ = np.nonzero(valid)
             lay.claim_many((data[valid] >> np.uint64(cb)).astype(np.int64), data_ids[row], Role.DATA)
         for r in np.nonzero(compressed.any(axis=1))[0].tolist():
@@ -312,6 +334,7 @@ def _claim_data(img: Image, lay: Layout, l2: Structure, l1_index: int) -> None:
                            f"data 0x{first:x}+{len(run) * cs:#x} (guest 0x{guest:x})", count=len(run))
             lay.claim((run >> np.uint64(cb)).astype(np.int64), node)
             lay.link(l2, node, "L2 entry", int(run_index[0]))
+            lay.data_of_l2.setdefault(l2.offset, node.id)
     if compressed.any():
         start, sectors = T.compressed_fields(desc[compressed], cb)
         end = start + sectors * np.uint64(512) - (start & np.uint64(511))

@@ -297,6 +297,8 @@ KINDS = [
          lambda r: [(extension(r, 0x44415441), be32(0x12345678))]),
     Kind("snapshots_in_data_file_image", "data_file", "244", ("snapshot.with_data_file",),
          lambda r: [(60, be32(1)), (64, be64(len(r.d) // r.cs * r.cs + 2 * r.cs))]),
+    Kind("bitmap_table_into_data", "bitmaps", "beyond qemu (data claimed first)", ("overlap.structures",),
+         lambda r: [(r.bitmap_entry(0), be64(r.l2(r.allocated_l2_indices()[0]) & OFFSET))]),
     Kind("truncated_last_clusters", "v3_default", "108 shrunken file", ("refcount.reference_past_eof",),
          lambda r: [], truncate_clusters=2),
     Kind("refcount_past_eof", "v3_default", "notes 7.2 (qemu blind)", ("refcount.past_eof",),

@@ -64,7 +64,7 @@ def _compressed_overlaps(layout: Layout, exact_ends: dict[int, int]) -> list[Fin
         hit = np.nonzero(inside)[0][meta[idx[inside]]]
         for j in hit[:1000].tolist():
             c = int(idx[j])
-            other = layout.structures[int(layout.owner[c])]
+            other = layout.structures[layout.owner[c]]
             out.append(Finding("overlap.compressed_metadata", Severity.WARNING,
                                f"compressed stream at 0x{int(pairs[j, 0]):x} runs into {other.label} "
                                f"(host cluster 0x{c << cb:x})", "compressed data", int(pairs[j, 0])))
