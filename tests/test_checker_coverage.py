@@ -17,10 +17,7 @@ CODE = re.compile(r'"((?:bitmap|check|compressed|datafile|dedup|draft_bitmaps|ex
                   r'overlap|refcount|snapshot)\.[a-z_0-9]+)"')
 # codes no image of ours can trip yet, each with the reason
 NOT_YET = {
-    "luks.header_invalid": "qemu-img info does not open LUKS (no I/O) and check needs the key: its verdict on a "
-                           "damaged LUKS header comes with decryption (issue 6)",
     "snapshot.table_too_big": "needs a snapshot table over 64 MiB (a 70 MB test file); left for the fuzz corpus",
-    "snapshot.table_truncated": "unreachable while tables are zero-padded to QEMU's 64 MiB limit, as qemu reads them",
 }
 
 

@@ -79,7 +79,10 @@ def read_luks_header(read, offset: int, length: int) -> tuple[LuksHeader | None,
     try:
         h = parse(Luks1Header, raw, structure="LUKS header", offset=offset)
     except StructureError as exc:
-        return None, [Finding("luks.header_invalid", Severity.CORRUPTION, exc.message, "LUKS header", offset)]
+        # qemu parses the LUKS header even without I/O (qemu-img info), and refuses a wrong magic
+        qemu = "Volume is not in LUKS format" if exc.field == "magic" else None
+        return None, [Finding("luks.header_invalid", Severity.CORRUPTION, exc.message, "LUKS header", offset,
+                              qemu_message=qemu)]
 
     def text(b: bytes) -> str:
         return decode_name(b.split(b"\0", 1)[0])

@@ -93,10 +93,12 @@ def read_snapshots(h: Header, read, file_size: int) -> tuple[list[Snapshot], lis
         try:
             e = SnapshotTable.SnapshotEntry(io)
         except (EOFError, kaitaistruct.KaitaiStructError, ValueError):
-            findings.append(Finding("snapshot.table_truncated", Severity.CORRUPTION,
-                                    f"snapshot entry {i} at 0x{start + pos:x} runs past the end of the file "
-                                    f"({h.nb_snapshots} entries announced)", STRUCTURE, start + pos,
-                                    qemu_message="Failed to read snapshot table"))
+            # the buffer holds everything up to QEMU's limit (zeros past EOF): an entry that does not fit
+            # crosses the limit
+            findings.append(Finding("snapshot.table_too_big", Severity.CORRUPTION,
+                                    f"snapshot entry {i} at 0x{start + pos:x} runs past QEMU's snapshot table limit of "
+                                    f"{QCOW_MAX_SNAPSHOTS_SIZE} bytes", STRUCTURE, start + pos,
+                                    qemu_message="Snapshot table is too big"))
             break
         extra = e.extra_data
         large = opt(extra, "len_vm_state")
