@@ -69,6 +69,7 @@ class _Run:
         self.reftable = np.zeros(0, dtype=np.uint64) if isinstance(reft, Unreadable) else reft
         self.reftable_entries = h.refcount_table_clusters * self.cs // 8
         self.per_block = self.cs * 8 // h.refcount_bits
+        self._one: tuple[np.ndarray, np.ndarray | None] | None = None  # packed bits: refcount == 1, unreadable
 
     # -- findings ---------------------------------------------------------------------------------------
 
@@ -105,7 +106,11 @@ class _Run:
         """inc_range for many ranges at once (vectorised)."""
         if offsets.size == 0:
             return
-        offsets = offsets.astype(np.uint64)
+        offsets = offsets.astype(np.uint64, copy=False)
+        if isinstance(sizes, int) and sizes == self.cs and not (offsets & np.uint64(self.cs - 1)).any() and \
+                int(offsets.max()) < self.file_size:
+            self._increment_clusters((offsets >> np.uint64(self.cb)).astype(np.int64))  # aligned, inside the file
+            return
         sizes = np.broadcast_to(np.asarray(sizes, dtype=np.uint64), offsets.shape)
         end = offsets + sizes
         past = end > np.uint64(self.file_size) + np.uint64(self.cs - 1)
@@ -119,15 +124,20 @@ class _Run:
         self.extent = max(self.extent, int(last.max()) + 1)
         span = last - first
         for k in range(int(span.max()) + 1):
-            idx = (first + k)[span >= k]
-            if idx.size and int(idx[-1]) - int(idx[0]) == idx.size - 1 and (idx.size == 1 or (
-                    np.diff(idx) == 1).all()):
-                self.increment_range(int(idx[0]), int(idx[-1]) + 1)  # contiguous (preallocation, sequential writes)
-            elif idx.size > 1 and not (idx[1:] > idx[:-1]).all():  # a strictly increasing run needs no sort
-                idx, n = np.unique(idx, return_counts=True)
-                self.increment(idx, n)
-            else:
-                self.increment(idx, 1)
+            self._increment_clusters((first + k)[span >= k])
+
+    def _increment_clusters(self, idx: np.ndarray) -> None:
+        """One reference to each listed cluster (repeats counted)."""
+        if idx.size == 0:
+            return
+        steps = np.diff(idx)
+        if (steps == 1).all():
+            self.increment_range(int(idx[0]), int(idx[-1]) + 1)  # contiguous (preallocation, sequential writes)
+        elif (steps > 0).all():
+            self.increment(idx, 1)
+        else:
+            idx, n = np.unique(idx, return_counts=True)
+            self.increment(idx, n)
 
     def increment_range(self, lo: int, hi: int) -> None:
         """imrt[lo:hi] += 1 for a contiguous run, saturating as ``increment`` does."""
@@ -168,7 +178,7 @@ class _Run:
         blk = self._blocks.get(offset)
         if blk is None:
             raw = self.img.file.read(offset, self.cs).ljust(self.cs, b"\0")  # qemu reads zeros past EOF
-            blk = T.refcount_block(raw, self.img.header.refcount_order).astype(self.dtype)
+            blk = T.refcount_block(raw, self.img.header.refcount_order).astype(self.dtype, copy=False)
             if cache:
                 self._blocks[offset] = blk
                 if len(self._blocks) > BLOCK_CACHE:
@@ -190,6 +200,38 @@ class _Run:
             else:
                 values[a - lo:b - lo] = blk[a - r * self.per_block:b - r * self.per_block]
         return values, bad
+
+    def refcount_is_one(self, clusters: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Whether each cluster's on-disk refcount is exactly 1, and whether qemu cannot read it.
+
+        OFLAG_COPIED needs only that bit, so it is kept for the whole file as packed bits (2 MB for a
+        1 TiB image) instead of looking the refcounts up table by table.
+        """
+        n = self.nb_clusters
+        if self._one is None:
+            one = np.zeros(-(-n // 8), dtype=np.uint8)
+            bad_bits = None
+            chunk = max(self.per_block, COMPARE_CHUNK // self.per_block * self.per_block)
+            for lo in range(0, n, chunk):
+                hi = min(n, lo + chunk)
+                stored, bad = self.stored_range(lo, hi)
+                one[lo // 8:-(-hi // 8)] |= np.packbits(np.concatenate(
+                    (np.zeros(lo % 8, dtype=bool), stored == 1)), bitorder="little")
+                if bad is not None:
+                    bad_bits = np.zeros_like(one) if bad_bits is None else bad_bits
+                    bad_bits[lo // 8:-(-hi // 8)] |= np.packbits(np.concatenate(
+                        (np.zeros(lo % 8, dtype=bool), bad)), bitorder="little")
+            self._one = (one, bad_bits)
+        inside = clusters < n
+        if not inside.all():
+            values, bad = self.stored(clusters)
+            return values == 1, bad
+        one, bad_bits = self._one
+        shift = (clusters & 7).astype(np.uint8)
+        is_one = ((one[clusters >> 3] >> shift) & 1).astype(bool)
+        bad = np.zeros(clusters.shape, dtype=bool) if bad_bits is None else \
+            ((bad_bits[clusters >> 3] >> shift) & 1).astype(bool)
+        return is_one, bad
 
     def stored(self, clusters: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """On-disk refcounts of the given cluster indices and a mask of those qemu cannot read."""
@@ -232,12 +274,13 @@ def _read_padded(img: Image, offset: int, length: int) -> bytes:
 
 
 def _check_l2_batch(run: _Run, offsets: list[int], desc2: np.ndarray, bitmap2: np.ndarray | None, owner: str,
-                    frag: bool) -> None:
-    """check_refcounts_l2 for a batch of L2 tables (rows), vectorised."""
+                    frag: bool) -> np.ndarray:
+    """check_refcounts_l2 for a batch of L2 tables (rows), vectorised; returns the entries' cluster types."""
     h = run.img.header
     n, esize = desc2.shape[1], h.l2_entry_size
     desc = desc2.ravel()
-    bitmap = np.zeros_like(desc) if bitmap2 is None else bitmap2.ravel()
+    extended = bitmap2 is not None
+    bitmap = bitmap2.ravel() if extended else None
     types = _cluster_types(desc, h.extended_l2, h.has_data_file)
 
     def where(k: int) -> tuple[str, int]:
@@ -256,7 +299,7 @@ def _check_l2_batch(run: _Run, offsets: list[int], desc2: np.ndarray, bitmap2: n
             run.add("l2.compressed_copied", Severity.CORRUPTION, f"compressed L2 entry {k % n} has OFLAG_COPIED set",
                     *where(k), f"ERROR: coffset=0x{int(desc[k]) & mask:x}: copied flag must never be set for "
                     "compressed clusters")
-        refused = comp.copy() if h.has_data_file else comp & (bitmap != 0)
+        refused = comp.copy() if h.has_data_file else (comp & (bitmap != 0) if extended else np.zeros_like(comp))
         for k in np.nonzero(refused)[0].tolist():
             e = int(desc[k]) & ~(1 << 63)
             if h.has_data_file:
@@ -281,9 +324,9 @@ def _check_l2_batch(run: _Run, offsets: list[int], desc2: np.ndarray, bitmap2: n
     alloc = np.nonzero((types == NORMAL) | (types == ZERO_ALLOC))[0]
     if alloc.size:
         offs = desc[alloc] & T.L2E_OFFSET_MASK
-        bms = bitmap[alloc]
-        for k, o in zip(alloc[((bms >> np.uint64(32)) & bms) != 0].tolist(),
-                        offs[((bms >> np.uint64(32)) & bms) != 0].tolist(), strict=True):
+        bms = bitmap[alloc] if extended else np.zeros(0, dtype=np.uint64)
+        both = np.nonzero(((bms >> np.uint64(32)) & bms) != 0)[0]
+        for k, o in zip(alloc[both].tolist(), offs[both].tolist(), strict=True):
             run.add("l2.subcluster_alloc_and_zero", Severity.CORRUPTION, f"L2 entry {k % n}: subclusters both "
                     f"allocated and zero (bitmap 0x{int(bitmap[k]):016x})", *where(k),
                     f"ERROR offset={o:x}: Allocated cluster has corrupted subcluster allocation bitmap")
@@ -306,10 +349,13 @@ def _check_l2_batch(run: _Run, offsets: list[int], desc2: np.ndarray, bitmap2: n
         if not h.has_data_file:
             run.inc_clusters(offs, h.cluster_size, f"{owner} data")
 
+    if not extended:
+        return types
     for k in np.nonzero((types == UNALLOCATED) & ((bitmap & L2_BITMAP_ALL_ALLOC) != 0))[0].tolist():
         run.add("l2.unallocated_with_alloc_bits", Severity.CORRUPTION, f"unallocated L2 entry {k % n} has "
                 f"subcluster allocation bits 0x{int(bitmap[k]) & 0xFFFFFFFF:x}", *where(k),
                 "ERROR: Unallocated cluster has non-zero subcluster allocation map")
+    return types
 
 
 def _check_l1(run: _Run, l1_offset: int, l1_size: int, owner: str, frag: bool) -> None:
@@ -336,9 +382,9 @@ def _check_l1(run: _Run, l1_offset: int, l1_size: int, owner: str, frag: bool) -
     if active:
         _oflag_l1(run, l1, present, l2_offsets)
     for offsets, desc, bitmap in run.img.l2_batches(l2_offsets.tolist()):
-        _check_l2_batch(run, offsets, desc, bitmap, owner, frag)
+        types = _check_l2_batch(run, offsets, desc, bitmap, owner, frag)
         if active:
-            _oflag_l2(run, offsets, desc)
+            _oflag_l2(run, offsets, desc, types)
 
 
 def check_refcounts(img: Image) -> tuple[list[Finding], Stats]:
@@ -535,26 +581,30 @@ def _oflag_l1(run: _Run, l1: np.ndarray, present: np.ndarray, l2_offsets: np.nda
                 f"ERROR OFLAG_COPIED L2 cluster: l1_index={i} l1_entry={e:x} refcount={rc}")
 
 
-def _oflag_l2(run: _Run, offsets: list[int], desc2: np.ndarray) -> None:
+def _oflag_l2(run: _Run, offsets: list[int], desc2: np.ndarray, types2: np.ndarray) -> None:
     """check_oflag_copied, L2 part, for a batch of active L2 tables (qemu skips L1 entries with offset 0)."""
     h = run.img.header
     n = desc2.shape[1]
     rows = np.nonzero(np.array(offsets, dtype=np.uint64) != 0)[0]
-    desc = desc2[rows].ravel()
-    types = _cluster_types(desc, h.extended_l2, h.has_data_file)
+    if len(rows) == len(offsets):
+        desc, types = desc2.ravel(), types2
+    else:
+        desc, types = desc2[rows].ravel(), types2.reshape(desc2.shape)[rows].ravel()
     sel = np.nonzero((types == NORMAL) | (types == ZERO_ALLOC))[0]
     if sel.size == 0:
         return
     entries = desc[sel]
     if h.has_data_file:
-        rcs, bads = np.ones(sel.shape, dtype=np.uint64), np.zeros(sel.shape, dtype=bool)
+        is_one, bads = np.ones(sel.shape, dtype=bool), np.zeros(sel.shape, dtype=bool)
     else:
-        rcs, bads = run.stored(((entries & T.L2E_OFFSET_MASK) >> np.uint64(run.cb)).astype(np.int64))
-    wrong = ~bads & ((rcs == 1) != ((entries >> np.uint64(63)) != 0))
-    for j in np.nonzero(wrong)[0].tolist():
+        clusters = ((entries & T.L2E_OFFSET_MASK) >> np.uint64(run.cb)).astype(np.int64)
+        is_one, bads = run.refcount_is_one(clusters)
+    wrong = np.nonzero(~bads & (is_one != ((entries >> np.uint64(63)) != 0)))[0]
+    exact = np.ones(wrong.shape, dtype=np.uint64) if h.has_data_file else run.stored(clusters[wrong])[0]
+    for j, rc2 in zip(wrong.tolist(), exact.tolist(), strict=True):
         k = int(sel[j])
         l2_offset = offsets[int(rows[k // n])]
-        e2, rc2 = int(entries[j]), int(rcs[j])
+        e2 = int(entries[j])
         run.add("l2.copied_mismatch", Severity.CORRUPTION, f"L2 entry {k % n}: OFLAG_COPIED is "
                 f"{'set' if e2 >> 63 else 'clear'} but the data cluster's refcount is {rc2}",
                 f"active L2 table at 0x{l2_offset:x}", l2_offset + (k % n) * h.l2_entry_size,

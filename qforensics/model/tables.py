@@ -60,17 +60,18 @@ def refcount_table(raw: bytes) -> np.ndarray:
 
 
 def refcount_block(raw: bytes, refcount_order: int) -> np.ndarray:
-    """Refcounts of one block as uint64, for refcount_order 0..6 (sub-byte widths LSB first)."""
+    """Refcounts of one block, for refcount_order 0..6 (sub-byte widths LSB first), as native unsigned
+    integers of the entries' own width (uint8 up to 8 bits)."""
     if refcount_order < 3:
         bits = 1 << refcount_order
         per_byte = 8 // bits
         b = np.frombuffer(raw, dtype=np.uint8)
         shifts = np.arange(per_byte, dtype=np.uint8) * bits
         values = (b[:, None] >> shifts[None, :]) & np.uint8((1 << bits) - 1)
-        return values.reshape(-1).astype(np.uint64)
-    dtype = {3: ">u1", 4: ">u2", 5: ">u4", 6: ">u8"}[refcount_order]
+        return values.reshape(-1)
     width = 1 << (refcount_order - 3)
-    return np.frombuffer(raw, dtype=dtype, count=len(raw) // width).astype(np.uint64)
+    native = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}[width]
+    return np.frombuffer(raw, dtype=np.dtype(native).newbyteorder(">"), count=len(raw) // width).astype(native)
 
 
 def bitmap_table(raw: bytes) -> np.ndarray:
