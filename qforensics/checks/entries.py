@@ -22,6 +22,9 @@ MAX_PER_TABLE = 64
 
 
 def check_entries(img: Image) -> list[Finding]:
+    h = img.header
+    if h.version >= 3 and not h.extended_l2 and not h.has_data_file:
+        return []  # none of these rules can apply: no need to read the L2 tables again
     out: list[Finding] = []
     seen: set[int] = set()
     for owner, l1_offset, l1_size in img.l1_tables():

@@ -264,11 +264,17 @@ class Image:
         per_batch = max(1, max_entries // h.l2_entries)
         for start in range(0, len(offsets), per_batch):
             chunk = offsets[start:start + per_batch]
-            raw = bytearray(len(chunk) * h.cluster_size)
-            for k, offset in enumerate(chunk):
-                data = self.file.read(offset, h.cluster_size)
-                raw[k * h.cluster_size:k * h.cluster_size + len(data)] = data
-            words = np.frombuffer(bytes(raw), dtype=">u8").astype(np.uint64).reshape(len(chunk), -1)
+            cs = h.cluster_size
+            raw = bytearray(len(chunk) * cs)
+            k = 0
+            while k < len(chunk):  # tables that follow each other in the file are read in one go
+                run = 1
+                while k + run < len(chunk) and chunk[k + run] == chunk[k] + run * cs:
+                    run += 1
+                data = self.file.read(chunk[k], run * cs)
+                raw[k * cs:k * cs + len(data)] = data
+                k += run
+            words = np.frombuffer(raw, dtype=">u8").astype(np.uint64).reshape(len(chunk), -1)
             if h.extended_l2:
                 yield chunk, words[:, 0::2], words[:, 1::2]
             else:
