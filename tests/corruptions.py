@@ -150,6 +150,20 @@ def all_compressed(r: Raw) -> list[tuple[int, int]]:
     return out
 
 
+def journal_start(r: Raw) -> int:
+    """First host cluster that opens with a journal hash entry (size 50, type 2); journals have no pointer."""
+    return next(o for o in range(r.cs, len(r.d), r.cs) if r.d[o] == 50 and r.d[o + 1] == 2)
+
+
+def early_bitmap_entry(r: Raw) -> int:
+    """First entry of the 2015-layout bitmap table (12-byte extension: u32 count, u64 offset)."""
+    return r.u64(extension(r, 0x23852875) + 12)
+
+
+def dedup_l1(r: Raw) -> int:
+    return r.u64(extension(r, 0xCD8E819B) + 8)
+
+
 def compressed_pair(r: Raw) -> tuple[int, int]:
     """L2 indices of two compressed entries of table 0."""
     found = [i for i in range(r.cs // 8) if r.l2(i) & (1 << 62)]
@@ -299,6 +313,24 @@ KINDS = [
          lambda r: [(60, be32(1)), (64, be64(len(r.d) // r.cs * r.cs + 2 * r.cs))]),
     Kind("bitmap_table_into_data", "bitmaps", "beyond qemu (data claimed first)", ("overlap.structures",),
          lambda r: [(r.bitmap_entry(0), be64(r.l2(r.allocated_l2_indices()[0]) & OFFSET))]),
+    Kind("dedup_l2_pointer_unaligned", "draft_dedup", "draft", ("dedup.l2_invalid",),
+         lambda r: [(dedup_l1(r), be64(r.u64(dedup_l1(r)) + 0x200))]),
+    Kind("journal_unknown_entry_type", "draft_journal", "draft", ("journal.entry_type",),
+         lambda r: [(journal_start(r) + 50 * 3 + 1, b"\x07")]),
+    Kind("journal_entry_size_1", "draft_journal", "draft", ("journal.entry_size",),
+         lambda r: [(journal_start(r) + 50 * 3, b"\x01")]),
+    Kind("journal_end_short", "draft_journal", "draft", ("journal.end_misplaced",),
+         lambda r: [(journal_start(r) + 4050, b"\x0a")]),
+    Kind("early_bitmap_l1_reserved", "draft_early_bitmaps", "draft", ("draft_bitmaps.l1_reserved",),
+         lambda r: [(r.u64(early_bitmap_entry(r)), be64(r.u64(r.u64(early_bitmap_entry(r))) | (1 << 62)))]),
+    Kind("early_bitmap_l1_unaligned", "draft_early_bitmaps", "draft", ("draft_bitmaps.l1_unaligned",),
+         lambda r: [(r.u64(early_bitmap_entry(r)), be64(r.u64(r.u64(early_bitmap_entry(r))) + 0x200))]),
+    Kind("early_bitmap_l1_size", "draft_early_bitmaps", "draft", ("draft_bitmaps.l1_size",),
+         lambda r: [(early_bitmap_entry(r) + 8, be32(2))]),
+    Kind("early_bitmap_disk_size", "draft_early_bitmaps", "draft", ("draft_bitmaps.size",),
+         lambda r: [(early_bitmap_entry(r) + 16, be64(r.u64(early_bitmap_entry(r) + 16) + 8))]),
+    Kind("early_bitmap_granularity", "draft_early_bitmaps", "draft", ("draft_bitmaps.granularity",),
+         lambda r: [(early_bitmap_entry(r) + 12, be32(1000))]),
     Kind("truncated_last_clusters", "v3_default", "108 shrunken file", ("refcount.reference_past_eof",),
          lambda r: [], truncate_clusters=2),
     Kind("refcount_past_eof", "v3_default", "notes 7.2 (qemu blind)", ("refcount.past_eof",),

@@ -13,8 +13,8 @@ from test_header_refusals import POKES, poked_copy
 
 SOURCES = [*(ROOT / "qforensics" / "checks").glob("*.py"), *(ROOT / "qforensics" / "model").glob("*.py"),
            ROOT / "qforensics" / "layout.py"]
-CODE = re.compile(r'"((?:bitmap|check|compressed|datafile|dedup|draft_bitmaps|extension|header|l1|l2|layout|luks|'
-                  r'overlap|refcount|snapshot)\.[a-z_0-9]+)"')
+CODE = re.compile(r'"((?:bitmap|check|compressed|datafile|dedup|draft|draft_bitmaps|extension|header|journal|l1|l2|'
+                  r'layout|luks|overlap|refcount|snapshot)\.[a-z_0-9]+)"')
 # codes no image of ours can trip yet, each with the reason
 NOT_YET = {
     "snapshot.table_too_big": "needs a snapshot table over 64 MiB (a 70 MB test file); left for the fuzz corpus",

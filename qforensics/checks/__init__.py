@@ -13,6 +13,7 @@ from ..findings import Finding, Severity
 from ..model import Image
 from ..layout import build_layout
 from .compressed import check_compressed
+from .drafts import check_dedup, check_draft_bitmaps, check_journals, explain_qemu_leaks
 from .entries import check_entries
 from .structures import check_bitmap_rules, check_header_rules, check_snapshot_rules
 from .overlaps import check_overlaps
@@ -87,6 +88,8 @@ def check_image(img: Image) -> CheckReport:
     findings += check_header_rules(img)
     findings += check_snapshot_rules(img)
     findings += check_bitmap_rules(img)
+    findings += check_dedup(img) + check_journals(img, layout) + check_draft_bitmaps(img)
+    findings += explain_qemu_leaks(refcount_findings, layout)
     return CheckReport(img.findings + findings, stats, refusals)
 
 

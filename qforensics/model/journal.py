@@ -29,7 +29,8 @@ class JournalCluster:
 
     offset: int
     entries: tuple[tuple[int, int, int], ...]  # (host offset, size, type)
-    ending: str  # "end", "none" (open: replay stops here), "overrun" (an entry spans clusters), "unterminated"
+    ending: str  # "end", "none" (open: replay stops here), "overrun" (an entry spans clusters),
+    # "unterminated", "broken" (an unknown type or an impossible size)
 
     @property
     def hash_entries(self) -> int:
@@ -58,11 +59,12 @@ def parse_journal_cluster(raw: bytes, offset: int) -> JournalCluster | None:
     for e in parsed.entries:
         kind = int(e.entry_type)
         entries.append((offset + pos, e.len_entry, kind))
-        if kind not in (TYPE_NONE, TYPE_END, TYPE_HASH):
-            return None  # an unknown type: not a journal (or one we cannot read)
-        pos += e.len_entry if kind != TYPE_NONE else 0
         if kind == TYPE_NONE:
             break
+        if kind not in (TYPE_END, TYPE_HASH) or e.len_entry < 2:
+            # a bad entry after at least two good ones is a damaged journal; before that, not a journal
+            return JournalCluster(offset, tuple(entries), "broken") if len(entries) > 2 else None
+        pos += e.len_entry
     last_type = entries[-1][2]
     if last_type == TYPE_END:
         ending = "end" if pos == JOURNAL_CLUSTER else "overrun" if pos > JOURNAL_CLUSTER else "unterminated"

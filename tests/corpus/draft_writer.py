@@ -13,7 +13,7 @@ test corpus needs its own writer. Three drafts are supported:
 * ``add_journal``: the metadata journal of RFC V8 (Jun 2013, seed 004): an area of
   4096-byte journal clusters reset to 0xFF holding TYPE_HASH (2) entries, each journal
   cluster closed by a TYPE_END (1) entry that reaches the next journal cluster, the last
-  one left open. Nothing in the header points to it (see DRAFT_DECISIONS.md).
+  one left open. Nothing in the header points to it (see docs/drafts.md).
 * ``add_early_bitmaps``: Vladimir Sementsov-Ogievskiy's 2015 dirty-bitmaps layout
   (seed 003): extension 0x23852875 with a 12-byte body (u32 nb_dirty_bitmaps,
   u64 dirty_bitmaps_offset), a bitmap table (directory), one-level L1 tables and
@@ -66,7 +66,7 @@ JOURNAL_TYPE_HASH = 2
 JOURNAL_TYPE_NONE = 0xFF
 JOURNAL_MAX_ENTRY = 254
 
-# TYPE_HASH payload layouts (see DRAFT_DECISIONS.md, "TYPE_HASH payload")
+# TYPE_HASH payload layouts (see docs/drafts.md, "TYPE_HASH payload")
 JOURNAL_PAYLOADS = {
     # 32-byte SHA-256, u64 host (physical) offset, u64 guest offset of the first block
     "hash_phys_logical": 48,
