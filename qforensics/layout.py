@@ -86,11 +86,14 @@ class Layout:
     role: np.ndarray
     owner: dict[int, int] = field(default_factory=dict)  # cluster -> structure id, metadata roles only
     data_of_l2: dict[int, int] = field(default_factory=dict)  # L2 table offset -> id of its data structure
+    l2_tables: dict[int, Structure] = field(default_factory=dict)  # every L2 table met, by offset
+    pending_data: dict[int, Structure] = field(default_factory=dict)  # L2 tables whose data is not claimed yet
     structures: list[Structure] = field(default_factory=list)
     conflicts: list[Conflict] = field(default_factory=list)
     past_eof: list[tuple[int, int]] = field(default_factory=list)  # (structure id, host offset)
     compressed_ranges: list[tuple[np.ndarray, np.ndarray, int]] = field(default_factory=list)
     edges: list[Edge] | None = None  # recorded only when the layout is built for the graph
+    header_node: Structure | None = None
 
     def link(self, src: Structure, dst: Structure, kind: str, index: int = 0) -> None:
         if self.edges is not None:
@@ -155,6 +158,14 @@ def build_layout(img: Image, *, journals: bool = True, graph: bool = False) -> L
     With ``graph`` the references are kept as edges and data is split into
     extents (runs of contiguous host clusters in consecutive L2 entries).
     """
+    lay = start_layout(img, graph=graph)
+    finish_layout(img, lay, journals=journals)
+    return lay
+
+
+def start_layout(img: Image, *, graph: bool = False) -> Layout:
+    """Claim the metadata up to the L2 tables; their data waits in ``pending_data``, to be claimed from
+    L2 batches someone else already read (``claim_l2_batch``) or by ``finish_layout``."""
     h = img.header
     cb, cs = h.cluster_bits, h.cluster_size
     n = -(-img.file.size // cs)
@@ -206,7 +217,34 @@ def build_layout(img: Image, *, journals: bool = True, graph: bool = False) -> L
                 for index, s in new:
                     _claim_data(img, lay, s, index)
             else:
-                _claim_data_batched(img, lay, [s for _, s in new])
+                lay.pending_data.update((s.offset, s) for _, s in new)
+    lay.l2_tables = seen_l2
+    lay.header_node = header
+    return lay
+
+
+def claim_l2_batch(img: Image, lay: Layout, offsets: list[int], desc: np.ndarray) -> None:
+    """Claim the data of the L2 tables in a batch already decoded elsewhere (each table once)."""
+    rows, tables = [], []
+    for r, o in enumerate(offsets):
+        table = lay.pending_data.pop(o, None)  # a table listed twice in the batch is claimed once
+        if table is not None:
+            rows.append(r)
+            tables.append(table)
+    if not rows:
+        return
+    _claim_batch(img, lay, tables, desc if len(rows) == len(offsets) else desc[rows])
+
+
+def finish_layout(img: Image, lay: Layout, *, journals: bool = True) -> None:
+    """Claim the data still pending, then the structures outside the L1/L2 tree, then name overlaps."""
+    h = img.header
+    cb, cs = h.cluster_bits, h.cluster_size
+    header = lay.header_node
+    seen_l2 = lay.l2_tables
+    if lay.pending_data:
+        _claim_data_batched(img, lay, list(lay.pending_data.values()))
+        lay.pending_data.clear()
     bm = img.bitmaps_extension
     if bm is not None:
         directory = lay.add(Role.BITMAP_DIRECTORY, bm.ofs_bitmap_directory, bm.len_bitmap_directory, "image",
@@ -266,7 +304,6 @@ def build_layout(img: Image, *, journals: bool = True, graph: bool = False) -> L
                 if previous is not None:
                     lay.link(previous, node, "journal END entry", k)
                 previous = node
-    return lay
 
 
 def resolve_data_owners(img: Image, lay: Layout, l2_tables: dict[int, Structure]) -> None:
@@ -286,31 +323,35 @@ def resolve_data_owners(img: Image, lay: Layout, l2_tables: dict[int, Structure]
 
 
 def _claim_data_batched(img: Image, lay: Layout, tables: list[Structure]) -> None:
-    """The data and compressed ranges of many L2 tables, claimed a batch at a time (check mode)."""
+    """The data and compressed ranges of many L2 tables, read and claimed a batch at a time."""
+    by_offset = {s.offset: s for s in tables}
+    for offsets, desc, _ in img.l2_batches([s.offset for s in tables]):
+        _claim_batch(img, lay, [by_offset[o] for o in offsets], desc)
+
+
+def _claim_batch(img: Image, lay: Layout, l2s: list[Structure], desc: np.ndarray) -> None:
+    """Claim the data clusters and compressed ranges of decoded L2 tables (rows of ``desc``)."""
     h = img.header
     if h.has_data_file:
         return
     cb, cs = h.cluster_bits, h.cluster_size
-    by_offset = {s.offset: s for s in tables}
-    for offsets, desc, _ in img.l2_batches([s.offset for s in tables]):
-        l2s = [by_offset[o] for o in offsets]
-        compressed = (desc & T.OFLAG_COMPRESSED) != 0
-        data = desc & T.L2E_OFFSET_MASK
-        valid = ~compressed & (data != 0) & (data % np.uint64(cs) == 0)
-        rows = np.nonzero(valid.any(axis=1))[0]
-        if rows.size:
-            data_ids = np.full(len(l2s), -1, dtype=np.int32)
-            for r in rows.tolist():
-                data_ids[r] = lay.add(Role.DATA, 0, 0, l2s[r].owner, f"data of L2 table at 0x{l2s[r].offset:x}").id
-                lay.data_of_l2[l2s[r].offset] = int(data_ids[r])
-            row, _ = np.nonzero(valid)
-            lay.claim_many((data[valid] >> np.uint64(cb)).astype(np.int64), data_ids[row], Role.DATA)
-        for r in np.nonzero(compressed.any(axis=1))[0].tolist():
-            start, sectors = T.compressed_fields(desc[r][compressed[r]], cb)
-            end = start + sectors * np.uint64(512) - (start & np.uint64(511))
-            s = lay.add(Role.COMPRESSED, int(start.min()), int((end - start).sum()), l2s[r].owner,
-                        f"compressed data of L2 table at 0x{l2s[r].offset:x}", count=int(compressed[r].sum()))
-            _claim_compressed(lay, start, end, s)
+    compressed = (desc & T.OFLAG_COMPRESSED) != 0
+    data = desc & T.L2E_OFFSET_MASK
+    valid = ~compressed & (data != 0) & (data % np.uint64(cs) == 0)
+    rows = np.nonzero(valid.any(axis=1))[0]
+    if rows.size:
+        data_ids = np.full(len(l2s), -1, dtype=np.int32)
+        for r in rows.tolist():
+            data_ids[r] = lay.add(Role.DATA, 0, 0, l2s[r].owner, f"data of L2 table at 0x{l2s[r].offset:x}").id
+            lay.data_of_l2[l2s[r].offset] = int(data_ids[r])
+        row, _ = np.nonzero(valid)
+        lay.claim_many((data[valid] >> np.uint64(cb)).astype(np.int64), data_ids[row], Role.DATA)
+    for r in np.nonzero(compressed.any(axis=1))[0].tolist():
+        start, sectors = T.compressed_fields(desc[r][compressed[r]], cb)
+        end = start + sectors * np.uint64(512) - (start & np.uint64(511))
+        s = lay.add(Role.COMPRESSED, int(start.min()), int((end - start).sum()), l2s[r].owner,
+                    f"compressed data of L2 table at 0x{l2s[r].offset:x}", count=int(compressed[r].sum()))
+        _claim_compressed(lay, start, end, s)
 
 
 def _claim_data(img: Image, lay: Layout, l2: Structure, l1_index: int) -> None:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field, replace
 
 from ..findings import Finding, Severity
 from ..model import Image
-from ..layout import build_layout
+from ..layout import claim_l2_batch, finish_layout, start_layout
 from .compressed import check_compressed
 from .drafts import check_dedup, check_draft_bitmaps, check_journals, explain_qemu_leaks
 from .entries import check_entries
@@ -76,11 +76,13 @@ def check_image(img: Image) -> CheckReport:
                                            f"cluster_bits {img.header.cluster_bits} makes the tables unreadable; "
                                            "only the header was checked", "qcow2 header", 20)]
         return CheckReport(findings, Stats(), refusals)
-    refcount_findings, stats = check_refcounts(img)
+    layout = start_layout(img)
+    refcount_findings, stats = check_refcounts(
+        img, on_batch=lambda offsets, desc: claim_l2_batch(img, layout, offsets, desc))
     if refusals:
         refcount_findings = [replace(f, qemu_check=None, qemu_counts=None) for f in refcount_findings]
     findings = list(refcount_findings)
-    layout = build_layout(img)
+    finish_layout(img, layout)
     compressed_findings, exact_ends = check_compressed(img, layout)
     findings += compressed_findings
     findings += check_overlaps(layout, exact_ends)

@@ -274,12 +274,24 @@ def _read_padded(img: Image, offset: int, length: int) -> bytes:
 
 
 def _check_l2_batch(run: _Run, offsets: list[int], desc2: np.ndarray, bitmap2: np.ndarray | None, owner: str,
-                    frag: bool) -> np.ndarray:
-    """check_refcounts_l2 for a batch of L2 tables (rows), vectorised; returns the entries' cluster types."""
+                    frag: bool) -> tuple[np.ndarray, np.ndarray]:
+    """check_refcounts_l2 for a batch of L2 tables (rows), vectorised.
+
+    Returns the indices of the allocated entries (NORMAL and ZERO_ALLOC) and their host offsets.
+    """
     h = run.img.header
     n, esize = desc2.shape[1], h.l2_entry_size
     desc = desc2.ravel()
     extended = bitmap2 is not None
+    if not extended and not h.has_data_file:
+        # the usual batch: no compressed, zero-flagged, reserved-bit or unaligned entry: no rule can fire
+        unusual = T.OFLAG_COMPRESSED | T.OFLAG_ZERO | T.L2E_STD_RESERVED_MASK | np.uint64((h.cluster_size - 1) & ~0x1FF)
+        if not (desc & unusual).any():
+            offs = desc & T.L2E_OFFSET_MASK
+            alloc = np.flatnonzero(offs)
+            offs = offs[alloc]
+            _count_allocated(run, alloc, offs, n, frag, owner)
+            return alloc, offs
     bitmap = bitmap2.ravel() if extended else None
     types = _cluster_types(desc, h.extended_l2, h.has_data_file)
 
@@ -341,24 +353,34 @@ def _check_l2_batch(run: _Run, offsets: list[int], desc2: np.ndarray, bitmap2: n
                 run.add("l2.preallocated_unaligned", Severity.CORRUPTION, f"L2 entry {k % n}: preallocated zero "
                         f"cluster offset 0x{o:x} is not cluster aligned", *where(k),
                         f"ERROR offset={o:x}: Preallocated cluster is not properly aligned; L2 entry corrupted.")
-        if frag:
-            run.stats.allocated_clusters += int(alloc.size)
-            same_table = (alloc[1:] // n) == (alloc[:-1] // n)
-            run.stats.fragmented_clusters += int((same_table & (offs[1:] != offs[:-1] + np.uint64(h.cluster_size)))
-                                                 .sum())
-        if not h.has_data_file:
-            run.inc_clusters(offs, h.cluster_size, f"{owner} data")
+        _count_allocated(run, alloc, offs, n, frag, owner)
+    else:
+        offs = np.zeros(0, dtype=np.uint64)
 
-    if not extended:
-        return types
+    if extended:
+        _unallocated_bits(run, types, bitmap, n, where)
+    return alloc, offs
+
+
+def _count_allocated(run: _Run, alloc: np.ndarray, offs: np.ndarray, n: int, frag: bool, owner: str) -> None:
+    """Fragmentation statistics (within each L2 table) and one reference per allocated cluster."""
+    h = run.img.header
+    if frag and alloc.size:
+        run.stats.allocated_clusters += int(alloc.size)
+        same_table = (alloc[1:] // n) == (alloc[:-1] // n)
+        run.stats.fragmented_clusters += int((same_table & (offs[1:] != offs[:-1] + np.uint64(h.cluster_size))).sum())
+    if not h.has_data_file:
+        run.inc_clusters(offs, h.cluster_size, f"{owner} data")
+
+
+def _unallocated_bits(run: _Run, types: np.ndarray, bitmap: np.ndarray, n: int, where) -> None:
     for k in np.nonzero((types == UNALLOCATED) & ((bitmap & L2_BITMAP_ALL_ALLOC) != 0))[0].tolist():
         run.add("l2.unallocated_with_alloc_bits", Severity.CORRUPTION, f"unallocated L2 entry {k % n} has "
                 f"subcluster allocation bits 0x{int(bitmap[k]) & 0xFFFFFFFF:x}", *where(k),
                 "ERROR: Unallocated cluster has non-zero subcluster allocation map")
-    return types
 
 
-def _check_l1(run: _Run, l1_offset: int, l1_size: int, owner: str, frag: bool) -> None:
+def _check_l1(run: _Run, l1_offset: int, l1_size: int, owner: str, frag: bool, on_batch=None) -> None:
     """check_refcounts_l1, with its L2 tables in batches; for the active L1 also check_oflag_copied
     (which reads only on-disk refcounts, so it can run in the same pass)."""
     if not l1_size:
@@ -382,13 +404,19 @@ def _check_l1(run: _Run, l1_offset: int, l1_size: int, owner: str, frag: bool) -
     if active:
         _oflag_l1(run, l1, present, l2_offsets)
     for offsets, desc, bitmap in run.img.l2_batches(l2_offsets.tolist()):
-        types = _check_l2_batch(run, offsets, desc, bitmap, owner, frag)
+        if on_batch is not None:
+            on_batch(offsets, desc)  # the host layout claims data from the same decoded tables
+        alloc, offs = _check_l2_batch(run, offsets, desc, bitmap, owner, frag)
         if active:
-            _oflag_l2(run, offsets, desc, types)
+            _oflag_l2(run, offsets, desc, alloc, offs)
 
 
-def check_refcounts(img: Image) -> tuple[list[Finding], Stats]:
-    """qcow2_co_check_locked without repair: every qemu check finding, and qemu's statistics."""
+def check_refcounts(img: Image, on_batch=None) -> tuple[list[Finding], Stats]:
+    """qcow2_co_check_locked without repair: every qemu check finding, and qemu's statistics.
+
+    ``on_batch(offsets, descriptors)`` is called for every batch of L2 tables read, so other passes
+    can use them without reading the tables again.
+    """
     run = _Run(img)
     h = img.header
     run.stats.total_clusters = -(-(-(-h.size // 512) * 512) // run.cs)
@@ -398,7 +426,7 @@ def check_refcounts(img: Image) -> tuple[list[Finding], Stats]:
     run.qemu_stopped = not snapshots_ok
 
     run.inc_range(0, run.cs, "header")
-    _check_l1(run, h.l1_table_offset, h.l1_size, "active", frag=True)
+    _check_l1(run, h.l1_table_offset, h.l1_size, "active", frag=True, on_batch=on_batch)
     if snapshots_ok:
         if h.has_data_file and h.nb_snapshots:
             run.add("snapshot.with_data_file", Severity.CORRUPTION, f"{h.nb_snapshots} snapshots in an image with an "
@@ -418,7 +446,7 @@ def check_refcounts(img: Image) -> tuple[list[Finding], Stats]:
                         f"ERROR snapshot {s.id} ({s.name}) l1_size={_hash_x(s.l1_size)}: L1 table is too large; "
                         "snapshot table entry corrupted")
                 continue
-            _check_l1(run, s.l1_table_offset, s.l1_size, f"snapshot {s.id}", frag=False)
+            _check_l1(run, s.l1_table_offset, s.l1_size, f"snapshot {s.id}", frag=False, on_batch=on_batch)
         if img.snapshots:
             last = img.snapshots[-1]
             run.inc_range(h.snapshots_offset, last.entry_offset + last.entry_size - h.snapshots_offset,
@@ -581,23 +609,24 @@ def _oflag_l1(run: _Run, l1: np.ndarray, present: np.ndarray, l2_offsets: np.nda
                 f"ERROR OFLAG_COPIED L2 cluster: l1_index={i} l1_entry={e:x} refcount={rc}")
 
 
-def _oflag_l2(run: _Run, offsets: list[int], desc2: np.ndarray, types2: np.ndarray) -> None:
-    """check_oflag_copied, L2 part, for a batch of active L2 tables (qemu skips L1 entries with offset 0)."""
+def _oflag_l2(run: _Run, offsets: list[int], desc2: np.ndarray, alloc: np.ndarray, offs: np.ndarray) -> None:
+    """check_oflag_copied, L2 part, for the allocated entries of a batch of active L2 tables
+    (qemu skips L1 entries with offset 0)."""
     h = run.img.header
     n = desc2.shape[1]
-    rows = np.nonzero(np.array(offsets, dtype=np.uint64) != 0)[0]
-    if len(rows) == len(offsets):
-        desc, types = desc2.ravel(), types2
-    else:
-        desc, types = desc2[rows].ravel(), types2.reshape(desc2.shape)[rows].ravel()
-    sel = np.nonzero((types == NORMAL) | (types == ZERO_ALLOC))[0]
-    if sel.size == 0:
+    row_ok = np.array(offsets, dtype=np.uint64) != 0
+    if not row_ok.all():
+        keep = row_ok[alloc // n]
+        alloc, offs = alloc[keep], offs[keep]
+    if alloc.size == 0:
         return
-    entries = desc[sel]
+    sel = alloc
+    entries = desc2.ravel()[alloc]
+    rows = np.arange(len(offsets))
     if h.has_data_file:
         is_one, bads = np.ones(sel.shape, dtype=bool), np.zeros(sel.shape, dtype=bool)
     else:
-        clusters = ((entries & T.L2E_OFFSET_MASK) >> np.uint64(run.cb)).astype(np.int64)
+        clusters = (offs >> np.uint64(run.cb)).astype(np.int64)
         is_one, bads = run.refcount_is_one(clusters)
     wrong = np.nonzero(~bads & (is_one != ((entries >> np.uint64(63)) != 0)))[0]
     exact = np.ones(wrong.shape, dtype=np.uint64) if h.has_data_file else run.stored(clusters[wrong])[0]
