@@ -24,7 +24,7 @@ from ..model import tables as T
 from ..model.header import QCOW_MAX_L1_SIZE
 
 MAX_FINDINGS_PER_CODE = 10_000
-BLOCK_CACHE = 256  # decoded refcount blocks kept for lookups out of order
+BLOCK_CACHE = 32  # decoded refcount blocks kept for lookups out of order (lookups are grouped by block)
 COMPARE_CHUNK = 1 << 20  # clusters compared at a time
 L2_BITMAP_ALL_ALLOC = np.uint64(0xFFFFFFFF)
 # qcow2_get_cluster_type
