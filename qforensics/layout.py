@@ -131,11 +131,14 @@ class Layout:
             clusters, sids = clusters[~outside], sids[~outside]
         if clusters.size == 0:
             return
-        if clusters.size > 1 and not (clusters[1:] > clusters[:-1]).all():
+        steps = np.diff(clusters)
+        if clusters.size > 1 and not (steps > 0).all():
             order = np.argsort(clusters, kind="stable")
             clusters, sids = clusters[order], sids[order]
             first = np.concatenate(([True], clusters[1:] != clusters[:-1]))
             clusters, sids = clusters[first], sids[first]  # same role twice in one claim: sharing
+        elif role in UNOWNED and self._claim_runs(clusters, steps, role):
+            return
         free = self.role[clusters] == Role.FREE
         self.role[clusters[free]] = role
         if role not in UNOWNED:
@@ -147,6 +150,20 @@ class Layout:
                 first = self.owner.get(c, -1)  # -1: data, named after the walk (resolve_data_owners)
                 if first != b:
                     self.conflicts.append(Conflict(c, first, b))
+
+    def _claim_runs(self, clusters: np.ndarray, steps: np.ndarray, role: Role) -> bool:
+        """Claim sorted, owner-less clusters run by run with slices, when they form a few free runs."""
+        breaks = np.flatnonzero(steps != 1)
+        if breaks.size > 256:
+            return False
+        starts = np.concatenate(([0], breaks + 1)).tolist()
+        ends = np.concatenate((breaks + 1, [clusters.size])).tolist()
+        runs = [(int(clusters[a]), int(clusters[b - 1]) + 1) for a, b in zip(starts, ends, strict=True)]
+        if any((self.role[lo:hi] != Role.FREE).any() for lo, hi in runs):
+            return False  # something is already there: the general path names the conflicts
+        for lo, hi in runs:
+            self.role[lo:hi] = role
+        return True
 
     def free_clusters(self) -> np.ndarray:
         return np.nonzero(self.role == Role.FREE)[0]
@@ -344,8 +361,8 @@ def _claim_batch(img: Image, lay: Layout, l2s: list[Structure], desc: np.ndarray
         for r in rows.tolist():
             data_ids[r] = lay.add(Role.DATA, 0, 0, l2s[r].owner, f"data of L2 table at 0x{l2s[r].offset:x}").id
             lay.data_of_l2[l2s[r].offset] = int(data_ids[r])
-        row, _ = np.nonzero(valid)
-        lay.claim_many((data[valid] >> np.uint64(cb)).astype(np.int64), data_ids[row], Role.DATA)
+        lay.claim_many((data[valid] >> np.uint64(cb)).astype(np.int64), np.repeat(data_ids, valid.sum(axis=1)),
+                       Role.DATA)
     for r in np.nonzero(compressed.any(axis=1))[0].tolist():
         start, sectors = T.compressed_fields(desc[r][compressed[r]], cb)
         end = start + sectors * np.uint64(512) - (start & np.uint64(511))

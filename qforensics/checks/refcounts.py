@@ -24,6 +24,7 @@ from ..model import tables as T
 from ..model.header import QCOW_MAX_L1_SIZE
 
 MAX_FINDINGS_PER_CODE = 10_000
+MAX_RUNS = 256  # sorted references in at most this many contiguous runs are counted run by run
 BLOCK_CACHE = 32  # decoded refcount blocks kept for lookups out of order (lookups are grouped by block)
 COMPARE_CHUNK = 1 << 20  # clusters compared at a time
 L2_BITMAP_ALL_ALLOC = np.uint64(0xFFFFFFFF)
@@ -131,8 +132,13 @@ class _Run:
         if idx.size == 0:
             return
         steps = np.diff(idx)
-        if (steps == 1).all():
-            self.increment_range(int(idx[0]), int(idx[-1]) + 1)  # contiguous (preallocation, sequential writes)
+        breaks = np.flatnonzero(steps != 1)
+        if breaks.size <= MAX_RUNS and (steps > 0).all():
+            # a few contiguous runs (preallocation, sequential writes): slices instead of gathers
+            starts = np.concatenate(([0], breaks + 1))
+            ends = np.concatenate((breaks + 1, [idx.size]))
+            for a, b in zip(starts.tolist(), ends.tolist(), strict=True):
+                self.increment_range(int(idx[a]), int(idx[b - 1]) + 1)
         elif (steps > 0).all():
             self.increment(idx, 1)
         else:
