@@ -189,6 +189,9 @@ def start_layout(img: Image, *, graph: bool = False) -> Layout:
     lay = Layout(cb, img.file.size, np.zeros(n, dtype=np.int8), edges=[] if graph else None)
     header = lay.add(Role.HEADER, 0, cs, "image", "header and extensions")
     lay.claim_range(header)
+    lay.header_node = header
+    if not img.geometry_ok:
+        return lay  # cluster_bits unusable: nothing past the header can be located
     for e in img.extensions.items:
         lay.link(header, lay.add(Role.EXTENSION, e.offset, 8 + e.length, "image", f"{e.name} extension"),
                  "extension")
@@ -255,6 +258,8 @@ def claim_l2_batch(img: Image, lay: Layout, offsets: list[int], desc: np.ndarray
 
 def finish_layout(img: Image, lay: Layout, *, journals: bool = True) -> None:
     """Claim the data still pending, then the structures outside the L1/L2 tree, then name overlaps."""
+    if not img.geometry_ok:
+        return
     h = img.header
     cb, cs = h.cluster_bits, h.cluster_size
     header = lay.header_node

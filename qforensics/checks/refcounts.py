@@ -389,8 +389,8 @@ def _unallocated_bits(run: _Run, types: np.ndarray, bitmap: np.ndarray, n: int, 
 def _check_l1(run: _Run, l1_offset: int, l1_size: int, owner: str, frag: bool, on_batch=None) -> None:
     """check_refcounts_l1, with its L2 tables in batches; for the active L1 also check_oflag_copied
     (which reads only on-disk refcounts, so it can run in the same pass)."""
-    if not l1_size:
-        return
+    if not l1_size or l1_size > QCOW_MAX_L1_SIZE // 8:
+        return  # too large: qemu refuses to open the image (header.l1_table_too_large), and so reads nothing
     run.inc_range(l1_offset, l1_size * 8, f"{owner} L1 table")
     l1 = T.l1_entries(_read_padded(run.img, l1_offset, l1_size * 8))
     where = f"{owner} L1 table at 0x{l1_offset:x}"

@@ -103,7 +103,9 @@ class Header:
 
     @property
     def cluster_size(self) -> int:
-        return 1 << self.cluster_bits
+        """1 << cluster_bits, the shift capped at 63 so a hostile value cannot build a huge integer
+        (anything above 21 is refused: header.cluster_bits_unsupported)."""
+        return 1 << min(self.cluster_bits, 63)
 
     @property
     def refcount_bits(self) -> int:
