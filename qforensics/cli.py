@@ -36,9 +36,24 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _write_report(image: str, output: str) -> None:
+    from .report import build_report
+
+    out = _output_path(image, output)
+    out.write_text(build_report(image, sys.argv), encoding="utf-8")
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    _write_report(args.image, args.o)
+    print(f"report written to {args.o}", file=sys.stderr)
+    return EXIT_OK
+
+
 def _cmd_check(args: argparse.Namespace) -> int:
     from .checks import check_image, render_human as render_check
 
+    if args.html:
+        _write_report(args.image, args.html)
     with Image(args.image) as img:
         report = check_image(img)
     if args.output == "json":
@@ -93,7 +108,12 @@ def build_parser() -> argparse.ArgumentParser:
                            "exit 0 clean, 1 failed, 2 corruptions, 3 leaks only")
     check.add_argument("image")
     check.add_argument("--output", choices=("human", "json"), default="human")
+    check.add_argument("--html", metavar="REPORT.html", help="also write the HTML audit report")
     check.set_defaults(func=_cmd_check)
+    report = sub.add_parser("report", help="write the HTML audit report (self-contained, safe to hand over)")
+    report.add_argument("image")
+    report.add_argument("-o", required=True, metavar="REPORT.html")
+    report.set_defaults(func=_cmd_report)
     graph = sub.add_parser("graph", help="export the structure graph (GraphML for Gephi/yEd, or node-link JSON)")
     graph.add_argument("image")
     graph.add_argument("-o", required=True, metavar="FILE.graphml|FILE.json")
