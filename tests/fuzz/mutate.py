@@ -13,6 +13,7 @@ from qforensics import ImageOpenError, open_image
 from qforensics.checks import check_image
 from qforensics.graph import build_graph, summarize
 from qforensics.info import build_info
+from qforensics.report import build_report
 
 HEADER_FIELDS = [(4, 4), (8, 8), (16, 4), (20, 4), (24, 8), (32, 4), (36, 4), (40, 8), (48, 8), (56, 4), (60, 4),
                  (64, 8), (72, 8), (80, 8), (88, 8), (96, 4), (100, 4), (104, 1)]
@@ -80,3 +81,4 @@ def exercise(path: Path) -> None:
         build_info(img, str(path))
         check_image(img)
         summarize(build_graph(img)[0])
+    build_report(path, ["fuzz"])
