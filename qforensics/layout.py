@@ -239,7 +239,6 @@ def start_layout(img: Image, *, graph: bool = False) -> Layout:
             else:
                 lay.pending_data.update((s.offset, s) for _, s in new)
     lay.l2_tables = seen_l2
-    lay.header_node = header
     return lay
 
 

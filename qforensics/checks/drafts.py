@@ -144,8 +144,8 @@ def check_journals(img: Image, layout: Layout) -> list[Finding]:
     """Every journal found by scanning: its clusters' entries, END entries, and what replay would miss."""
     out: list[Finding] = []
     cs = img.header.cluster_size
-    for area in find_journals(img, np.nonzero(layout.role == Role.JOURNAL)[0] if (layout.role == Role.JOURNAL).any()
-                              else layout.free_clusters()):
+    # the layout already scanned the free clusters for journals: re-read only the ones it found
+    for area in find_journals(img, np.flatnonzero(layout.role == Role.JOURNAL)):
         raw = img.file.read(area.offset, cs).ljust(cs, b"\xff")
         stopped_at = None  # where replay stops (first NONE)
         for k in range(cs // JOURNAL_CLUSTER):

@@ -21,7 +21,7 @@ import numpy as np
 from ..findings import Finding, Severity
 from ..model import Image, Unreadable
 from ..model import tables as T
-from ..model.header import QCOW_MAX_L1_SIZE
+from ..model.header import QCOW_MAX_L1_SIZE, QCOW_MAX_SNAPSHOTS, _table_offset_invalid
 
 MAX_FINDINGS_PER_CODE = 10_000
 MAX_RUNS = 256  # sorted references in at most this many contiguous runs are counted run by run
@@ -479,8 +479,6 @@ def _hash_x(v: int) -> str:
 def _check_snapshot_table(run: _Run) -> bool:
     """The parts of qcow2_check_read_snapshot_table that add to the counters."""
     img, h = run.img, run.img.header
-    from ..model.header import QCOW_MAX_SNAPSHOTS, _table_offset_invalid
-
     if h.nb_snapshots > QCOW_MAX_SNAPSHOTS:
         run.add("snapshot.table_too_large", Severity.CORRUPTION, f"nb_snapshots {h.nb_snapshots} exceeds "
                 f"{QCOW_MAX_SNAPSHOTS}", "snapshot table", h.snapshots_offset, "ERROR snapshot table too large",
@@ -626,19 +624,17 @@ def _oflag_l2(run: _Run, offsets: list[int], desc2: np.ndarray, alloc: np.ndarra
         alloc, offs = alloc[keep], offs[keep]
     if alloc.size == 0:
         return
-    sel = alloc
     entries = desc2.ravel()[alloc]
-    rows = np.arange(len(offsets))
     if h.has_data_file:
-        is_one, bads = np.ones(sel.shape, dtype=bool), np.zeros(sel.shape, dtype=bool)
+        is_one, bads = np.ones(alloc.shape, dtype=bool), np.zeros(alloc.shape, dtype=bool)
     else:
         clusters = (offs >> np.uint64(run.cb)).astype(np.int64)
         is_one, bads = run.refcount_is_one(clusters)
     wrong = np.nonzero(~bads & (is_one != ((entries >> np.uint64(63)) != 0)))[0]
     exact = np.ones(wrong.shape, dtype=np.uint64) if h.has_data_file else run.stored(clusters[wrong])[0]
     for j, rc2 in zip(wrong.tolist(), exact.tolist(), strict=True):
-        k = int(sel[j])
-        l2_offset = offsets[int(rows[k // n])]
+        k = int(alloc[j])
+        l2_offset = offsets[k // n]
         e2 = int(entries[j])
         run.add("l2.copied_mismatch", Severity.CORRUPTION, f"L2 entry {k % n}: OFLAG_COPIED is "
                 f"{'set' if e2 >> 63 else 'clear'} but the data cluster's refcount is {rc2}",

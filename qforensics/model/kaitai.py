@@ -49,16 +49,6 @@ def parse(cls: type[T], data: bytes, *params: Any, structure: str, offset: int) 
         raise StructureError(structure, offset, f"truncated ({len(data)} bytes available): {exc}") from None
 
 
-def materialise(obj: Any, attr: str, *, structure: str, offset: int) -> Any:
-    """Read a lazy Kaitai instance, converting parse errors like ``parse``."""
-    try:
-        return getattr(obj, attr)
-    except kaitaistruct.ValidationFailedError as exc:
-        raise _describe(exc, type(obj), structure, offset) from None
-    except (EOFError, kaitaistruct.KaitaiStructError, ValueError) as exc:
-        raise StructureError(structure, offset, f"{attr} unreadable: {exc}") from None
-
-
 def _describe(exc: kaitaistruct.ValidationFailedError, cls: type, structure: str, offset: int) -> StructureError:
     import sys
 
