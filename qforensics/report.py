@@ -86,7 +86,8 @@ def hexdump(img: Image, offset: int) -> list[str]:
 
 
 def verdict(report) -> str:
-    if report.refusals and not report.findings:
+    """clean, leaks, corrupt, or unreadable when the tables could not even be located."""
+    if any(f.code == "check.geometry_unusable" for f in report.findings):
         return "unreadable"
     if report.count("check-errors") or report.count("corruptions") or report.refusals:
         return "corrupt"

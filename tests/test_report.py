@@ -107,3 +107,14 @@ def test_check_html_and_evidence_guard(corpus, tmp_path):
     assert res.returncode == 0 and out.exists()
     res = run_qforensics("report", path.name, "-o", path.name, cwd=path.parent)
     assert res.returncode == 1 and "refusing to write" in res.stderr
+
+
+def test_report_of_an_unreadable_image(corpus, tmp_path):
+    """cluster_bits 22: qemu refuses it and no table can be located; the report still describes the header."""
+    src = image_path(corpus, "v3_default")
+    data = bytearray(src.read_bytes())
+    data[20:24] = (22).to_bytes(4, "big")
+    (tmp_path / "bad.qcow2").write_bytes(bytes(data))
+    page, html, checked = report(tmp_path, "bad.qcow2", tmp_path)
+    assert page.verdict == "unreadable"
+    assert "Unsupported cluster size: 2^22" in html and page.rows == len(checked["findings"])
