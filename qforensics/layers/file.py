@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import os
 import stat
+from functools import cached_property
 from pathlib import Path
 
+import numpy as np
+
 from ..errors import ImageOpenError
+
+MAX_EXTENTS = 1 << 22  # a file system gives no more extents than this for any file we analyse
 
 
 class FileLayer:
@@ -49,6 +54,58 @@ class FileLayer:
             offset += len(chunk)
             length -= len(chunk)
         return b"".join(chunks)
+
+    def read_into(self, offset: int, buf: memoryview) -> int:
+        """Fill ``buf`` from ``offset`` (one preadv); returns the bytes read, fewer at the end of the file."""
+        if offset < 0 or offset >= self.size or not len(buf):
+            return 0
+        n = min(len(buf), self.size - offset)
+        done = 0
+        while done < n:
+            got = os.preadv(self._fd, [buf[done:n]], offset + done)
+            if not got:
+                break
+            done += got
+        return done
+
+    @cached_property
+    def data_extents(self) -> tuple[np.ndarray, np.ndarray]:
+        """Starts and ends of the file's data extents (SEEK_DATA/SEEK_HOLE), as QEMU's file-posix sees them.
+
+        Holes read as zeros; a file system without SEEK_DATA gives one extent, the whole file.
+        """
+        starts, ends = [], []
+        offset = 0
+        try:
+            while offset < self.size and len(starts) < MAX_EXTENTS:
+                try:
+                    data = os.lseek(self._fd, offset, os.SEEK_DATA)
+                except OSError:  # ENXIO: only a hole up to the end of the file
+                    break
+                hole = min(os.lseek(self._fd, data, os.SEEK_HOLE), self.size)
+                if hole <= data:
+                    break
+                starts.append(data)
+                ends.append(hole)
+                offset = hole
+            if offset < self.size and len(starts) >= MAX_EXTENTS:
+                starts.append(offset)
+                ends.append(self.size)
+        except (OSError, AttributeError):
+            starts, ends = [0], [self.size]
+        return np.array(starts, dtype=np.int64), np.array(ends, dtype=np.int64)
+
+    def data_runs(self, start: int, end: int) -> list[tuple[int, int]]:
+        """The parts of [start, end) that hold data in the file (not holes, not past its end)."""
+        s, e = self.data_extents
+        i = int(np.searchsorted(e, start, side="right"))
+        out = []
+        while i < len(s) and s[i] < end:
+            lo, hi = max(int(s[i]), start), min(int(e[i]), end)
+            if lo < hi:
+                out.append((lo, hi))
+            i += 1
+        return out
 
     def close(self) -> None:
         if self._fd >= 0:

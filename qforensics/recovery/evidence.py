@@ -1,0 +1,128 @@
+"""Recovery as a whole: open the image and what it needs (with consent), pick the view, gather the
+evidence a damaged image still holds, and write the guest disk.
+
+Evidence, in the order it is trusted:
+1. the active L1/L2 tables (or the snapshot's, with ``--snapshot``): what QEMU reads;
+2. for guest ranges those tables cannot give (unreadable tables, refused entries, clusters past the
+   end of the file), a snapshot whose L1 still maps the range;
+3. L2 tables found by scanning unreferenced clusters (recovery/scan.py), placed in the guest from a
+   stale L1 copy, a snapshot L2 they resemble, dedup logical offsets, or the only L1 slot left.
+Every range's source is in the log; what none of them gives is logged as missing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from .. import __version__
+from ..errors import QforensicsError, UsageError
+from ..layers.chain import Consent, open_chain, read_run
+from ..layers.extent import Kind
+from ..model import Image
+from ..paths import refuse_overwrite
+from .recover import Recovery, recover
+
+
+@dataclass
+class RecoverResult:
+    recovery: Recovery
+    notes: list[str] = field(default_factory=list)  # one-line remarks for stderr (and the log)
+
+
+def find_snapshot(img: Image, wanted: str):
+    """The snapshot named by ``wanted``: its id first, then its name (as qemu-img's -l does)."""
+    for key in ("id", "name"):
+        hits = [s for s in img.snapshots if getattr(s, key) == wanted]
+        if hits:
+            return hits[0]
+    names = ", ".join(f"{s.id} ({s.name})" for s in img.snapshots) or "none"
+    raise UsageError(f"snapshot table: no snapshot with id or name {wanted!r} (snapshots: {names})")
+
+
+def _cipher(img: Image, passphrase: bytes | None, notes: list[str]):
+    """The sector cipher of an encrypted image, with the key checked as far as the format allows."""
+    if not img.header.crypt_method:
+        return None
+    from ..crypto import open_cipher, verify_aes_key
+
+    if passphrase is None:
+        kind = "LUKS" if img.header.crypt_method == 2 else "AES"
+        raise UsageError(f"qcow2 header: the image is encrypted ({kind}); give --passphrase-file")
+    cipher = open_cipher(img, passphrase)
+    if img.header.crypt_method == 1:
+        verdict, why = verify_aes_key(img, cipher)
+        if verdict == "wrong":
+            raise QforensicsError(f"AES passphrase: wrong passphrase ({why})")
+        if verdict == "unverifiable":
+            notes.append(f"AES passphrase not verified: {why}; the output may be garbage")
+    return cipher
+
+
+def _snapshot_fallback(img: Image, top, skip_id: str | None):
+    """fallback(start, end) for `recover`: the runs of [start, end) that some snapshot's L1 maps."""
+    from ..layers.qcow2 import Qcow2Layer
+
+    views = [(s, Qcow2Layer(img, snapshot=s, backing=top.backing, data_file=top.data if top.data is not img.file
+                            else None, cipher=top.cipher)) for s in img.snapshots if s.id != skip_id]
+
+    def fallback(start: int, end: int):
+        """The newest snapshot that maps each part wins (it is the closest to the lost active state)."""
+        gaps, found = [(start, end)], []
+        for snap, view in reversed(views):
+            left = []
+            for lo, hi in gaps:
+                pos = lo
+                for ext in view.extents(lo, hi):
+                    if ext.kind in (Kind.NORMAL, Kind.COMPRESSED, Kind.ZERO_PLAIN, Kind.ZERO_ALLOC) \
+                            and not ext.reason:
+                        data = read_run(view, ext, ext.start, ext.length)
+                        if data is not None:
+                            if ext.start > pos:
+                                left.append((pos, ext.start))
+                            found.append((ext.start, ext.length, data, f"snapshot {snap.id} ({snap.name})"))
+                            pos = ext.end
+                if pos < hi:
+                    left.append((pos, hi))
+            gaps = left
+        yield from sorted(found, key=lambda f: f[0])
+
+    return fallback if views else None
+
+
+def recover_image(image: str, out: Path, *, passphrase: bytes | None = None, backing_dir: Path | None = None,
+                  allow_image_dir: bool = False, snapshot: str | None = None, scan: bool = False,
+                  carve_dir: Path | None = None, log_path: Path | None = None,
+                  argv: list[str] | None = None) -> RecoverResult:
+    """Recover the guest disk of ``image`` into ``out`` (raw, sparse); see the module docstring."""
+    notes: list[str] = []
+    opened: list = []
+    with Image(image) as img:
+        try:
+            cipher = _cipher(img, passphrase, notes)
+            snap = find_snapshot(img, snapshot) if snapshot else None
+            layer = open_chain(img, Consent(backing_dir, allow_image_dir), snapshot=snap, cipher=cipher,
+                               opened=opened)
+            inputs = [img.path] + [Path(f.path) for f in opened]
+            refuse_overwrite(out, inputs)
+            if log_path is not None:
+                refuse_overwrite(log_path, inputs)
+            top_label = "active" if snap is None else f"snapshot {snap.id} ({snap.name})"
+            from .scan import augment
+
+            layer, scan_notes = augment(img, layer, snapshot=snap, force=scan)
+            notes += scan_notes
+            header = {"tool": f"qforensics {__version__}", "image": str(image), "output": str(out),
+                      "view": top_label, "time": datetime.now(UTC).isoformat(timespec="seconds"),
+                      "command": argv or [], "notes": notes}
+            rec = recover(layer, out, log_path=log_path, top_label=top_label, header=header,
+                          fallback=_snapshot_fallback(img, layer, snap.id if snap else None))
+            if carve_dir is not None:
+                from .carve import carve
+
+                notes.append(carve(img, carve_dir, inputs=inputs))
+        finally:
+            for f in opened:
+                f.close()
+    return RecoverResult(rec, notes)

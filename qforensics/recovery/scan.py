@@ -1,0 +1,278 @@
+"""Orphan L2 tables: clusters no structure references that are shaped like L2 tables, and where in the
+guest they belong.
+
+When the L1 table (or the header pointing at it) is lost, the L2 tables and
+their data usually survive in clusters nothing references any more. A
+candidate must look like an L2 table in every entry (spec "Standard Cluster
+Descriptor", "Compressed Clusters Descriptor": reserved bits clear, offsets
+aligned and inside the file), point only at clusters that are data or
+unreferenced, and, where the refcounts are readable, only at clusters with a
+refcount. A candidate whose entries point at other candidates is a stale L1
+copy instead, and tells where they go. Placement evidence, strongest first:
+a stale L1 copy, a snapshot L2 table the candidate mostly agrees with, the
+dedup table's logical offsets (draft, seed 000), the only L1 slot left open.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..layout import Role, build_layout
+from ..model import Image, Unreadable
+from ..model import tables as T
+from ..layers.extent import Kind
+
+READ_CLUSTERS = 256  # clusters read at a time while scanning
+MAX_CANDIDATES = 1 << 16
+SIMILAR = 0.5  # share of a candidate's entries equal to a snapshot L2's for it to take that L2's place
+
+
+@dataclass
+class Placement:
+    offset: int  # the candidate L2 table
+    l1_index: int
+    evidence: str
+
+    @property
+    def label(self) -> str:
+        return f"carved L2 at 0x{self.offset:x} ({self.evidence})"
+
+
+def stored_refcounts(img: Image, n_clusters: int) -> np.ndarray | None:
+    """Whether each of the file's clusters has a non-zero refcount (refcount table and blocks); None if
+    the table is unreadable."""
+    reft = img.refcount_table()
+    if isinstance(reft, Unreadable):
+        return None
+    per_block = img.header.cluster_size * 8 // img.header.refcount_bits
+    out = np.zeros(n_clusters, dtype=bool)
+    for i, entry in enumerate((reft & T.REFT_OFFSET_MASK).tolist()):
+        lo = i * per_block
+        if lo >= n_clusters:
+            break
+        if not entry:
+            continue
+        block = img.refcount_block(entry)
+        if isinstance(block, Unreadable):
+            continue
+        part = block[: n_clusters - lo]
+        out[lo:lo + len(part)] = part != 0
+    return out
+
+
+def l2_shaped(words: np.ndarray, *, cluster_bits: int, file_size: int, v3: bool) -> np.ndarray:
+    """Which rows of ``words`` (tables × entries) could be standard L2 tables of this image."""
+    cs = np.uint64(1 << cluster_bits)
+    nonzero = words != 0
+    compressed = (words & T.OFLAG_COMPRESSED) != 0
+    coff, _ = T.compressed_fields(words, cluster_bits)
+    off = words & T.L2E_OFFSET_MASK
+    reserved = T.L2E_STD_RESERVED_MASK | (np.uint64(0) if v3 else T.OFLAG_ZERO)
+    std_ok = ((words & reserved) == 0) & (off % cs == 0) & (off < np.uint64(file_size))
+    comp_ok = ((words & T.OFLAG_COPIED) == 0) & (coff < np.uint64(file_size)) & (coff > 0)
+    ok = ~nonzero | np.where(compressed, comp_ok, std_ok)
+    has_data = (nonzero & ~compressed & (off != 0)) | (nonzero & compressed)
+    return ok.all(axis=1) & has_data.any(axis=1)
+
+
+def find_candidates(img: Image, clusters: np.ndarray, role: np.ndarray,
+                    refcounts: np.ndarray | None) -> dict[int, np.ndarray]:
+    """L2-shaped tables among ``clusters`` (indices), by host offset, with their entries."""
+    h = img.header
+    cb, cs = h.cluster_bits, h.cluster_size
+    out: dict[int, np.ndarray] = {}
+    if h.extended_l2:
+        return out  # extended L2 tables are not scanned for yet (docs/recovery.md)
+    n_file = len(role)
+    for k in range(0, len(clusters), READ_CLUSTERS):
+        chunk = clusters[k:k + READ_CLUSTERS]
+        raw = bytearray(len(chunk) * cs)
+        for j, c in enumerate(chunk.tolist()):
+            data = img.file.read(c << cb, cs)
+            raw[j * cs:j * cs + len(data)] = data
+        words = np.frombuffer(bytes(raw), dtype=">u8").astype(np.uint64).reshape(len(chunk), -1)
+        shaped = l2_shaped(words, cluster_bits=cb, file_size=img.file.size, v3=h.version >= 3)
+        for j in np.flatnonzero(shaped).tolist():
+            w = words[j]
+            std = (w != 0) & ((w & T.OFLAG_COMPRESSED) == 0) & ((w & T.L2E_OFFSET_MASK) != 0)
+            targets = ((w[std] & T.L2E_OFFSET_MASK) >> np.uint64(cb)).astype(np.int64)
+            targets = targets[targets < n_file]
+            if np.isin(role[targets], (Role.FREE, Role.DATA), invert=True).any():
+                continue  # points into metadata: a refcount table, an L1 of known tables, ...
+            if refcounts is not None and refcounts.any() and (~refcounts[targets]).any():
+                continue  # data clusters must be in use
+            out[int(chunk[j]) << cb] = w.copy()
+            if len(out) >= MAX_CANDIDATES:
+                return out
+    return out
+
+
+def place(img: Image, candidates: dict[int, np.ndarray], active_l1: np.ndarray, open_slots: set[int],
+          ) -> tuple[list[Placement], dict[int, int], list[int]]:
+    """Where each candidate goes: (placements, stale L1 copies {offset: tables placed}, unplaced offsets)."""
+    h = img.header
+    cs = h.cluster_size
+    mask = T.L1E_OFFSET_MASK
+    offsets = set(candidates)
+    # stale L1 copies: candidates whose entries all point at other candidates
+    l1_copies: dict[int, dict[int, int]] = {}
+    for off, w in candidates.items():
+        targets = w & mask
+        idx = np.flatnonzero(targets).tolist()
+        if idx and all(int(targets[i]) in offsets and int(targets[i]) != off for i in idx):
+            l1_copies[off] = {int(targets[i]): i for i in idx}
+    tables = {o: w for o, w in candidates.items() if o not in l1_copies}
+    placed: dict[int, Placement] = {}
+    used: set[int] = set()
+
+    def take(off: int, index: int, evidence: str) -> None:
+        if off in placed or index in used or index not in open_slots:
+            return
+        placed[off] = Placement(off, index, evidence)
+        used.add(index)
+
+    for copy, refs in sorted(l1_copies.items()):
+        for off, index in refs.items():
+            if off in tables:
+                take(off, index, f"stale L1 copy at 0x{copy:x}, entry {index}")
+    masked = ~T.OFLAG_COPIED
+    for snap in img.snapshots:
+        refs = img.l2_references(snap.l1_table_offset, snap.l1_size)
+        if isinstance(refs, Unreadable):
+            continue
+        for index, l2_off in refs:
+            theirs = img.l2_table(l2_off)
+            if isinstance(theirs, Unreadable):
+                continue
+            for off, w in tables.items():
+                if off in placed or off == l2_off:
+                    continue
+                nz = w != 0
+                same = np.count_nonzero((w[nz] & masked) == (theirs[0][: len(w)][nz] & masked))
+                if nz.any() and same >= SIMILAR * np.count_nonzero(nz):
+                    take(off, index, f"agrees with snapshot {snap.id} L2 table at 0x{l2_off:x} in {same} of "
+                                     f"{int(np.count_nonzero(nz))} entries")
+    dedup = _dedup_positions(img)
+    if dedup:
+        span_clusters = h.l2_entries
+        for off, w in tables.items():
+            if off in placed:
+                continue
+            for k in np.flatnonzero(w & T.L2E_OFFSET_MASK).tolist():
+                logical = dedup.get(int(w[k] & T.L2E_OFFSET_MASK))
+                if logical is not None and (logical // cs) % span_clusters == k:
+                    take(off, logical // cs // span_clusters, f"dedup table: cluster 0x{int(w[k] & mask):x} "
+                                                              f"has logical offset 0x{logical:x}")
+                    break
+    rest = [o for o in tables if o not in placed]
+    free = sorted(open_slots - used)
+    if len(rest) == 1 and len(free) == 1:
+        take(rest[0], free[0], "the only L1 entry left to fill")
+    unplaced = [o for o in tables if o not in placed]
+    return sorted(placed.values(), key=lambda p: p.l1_index), {o: len(r) for o, r in l1_copies.items()}, unplaced
+
+
+def _dedup_positions(img: Image) -> dict[int, int]:
+    """Physical cluster offset -> logical (guest) offset from the draft dedup table, when there is one."""
+    table = img.dedup_table
+    if table is None:
+        return {}
+    from ..model.dedup import dedup_entries
+
+    out: dict[int, int] = {}
+    cs = img.header.cluster_size
+    for i, l2 in enumerate(table.l2_offsets):
+        entries = dedup_entries(img.file.read(l2, cs))
+        for j, logical in enumerate(entries["logical"].tolist()):
+            if logical:
+                out[(i * table.entries_per_cluster + j) * cs] = int(logical)
+    return out
+
+
+def damaged_slots(layer) -> tuple[set[int], bool]:
+    """L1 indices (inside l1_size) whose entry maps nothing or something unreadable, and whether the active
+    view shows damage at all (unreadable tables or refused entries)."""
+    l1 = layer.l1
+    n = max(1, -(-layer.size // layer.span))
+    if isinstance(l1, Unreadable):
+        return set(range(n)), True
+    slots = set(np.flatnonzero((l1[:n] & T.L1E_OFFSET_MASK) == 0).tolist()) | set(range(len(l1), n))
+    damaged = False
+    for batch in layer.runs(0, layer.size):
+        bad = (batch.kind == Kind.INVALID) | np.isin(np.arange(len(batch)), list(batch.reasons))
+        for row in np.flatnonzero(bad).tolist():
+            damaged = True
+            slots.add(int(batch.start[row]) // layer.span)
+    return slots, damaged
+
+
+def augment(img: Image, layer, *, snapshot=None, force: bool = False):
+    """The active view with orphan L2 tables placed where the evidence puts them; and notes on what was
+    found. Scans the unreferenced clusters that still have a refcount (or, with ``force``, or when the
+    active L1 is unreadable, all unreferenced clusters)."""
+    from ..layers.qcow2 import Qcow2Layer
+
+    notes: list[str] = []
+    if snapshot is not None or not img.geometry_ok or img.header.extended_l2:
+        return layer, notes
+    slots, damaged = damaged_slots(layer)
+    lay = build_layout(img, journals=False)
+    role = lay.role
+    refcounts = stored_refcounts(img, len(role))
+    free = np.flatnonzero(role == Role.FREE)
+    leaked = refcounts is not None and refcounts.any() and not force and not isinstance(layer.l1, Unreadable)
+    scan = free[refcounts[free]] if leaked else free  # leaked: in use, referenced by nothing
+    if not len(scan):
+        return layer, notes
+    lost = _zeroed_tables(img, layer, int(len(scan))) if leaked else {}
+    slots |= set(lost)
+    candidates = find_candidates(img, scan, role, refcounts)
+    if not candidates and not lost:
+        return layer, notes
+    placements, copies, unplaced = place(img, candidates, layer.l1 if not isinstance(layer.l1, Unreadable)
+                                         else np.zeros(0, np.uint64), slots)
+    tables = len(candidates) - len(copies)
+    notes.append(f"scan: {len(scan)} unreferenced clusters read, {tables} L2-shaped tables and {len(copies)} "
+                 f"stale L1 copies found; {len(placements)} placed, {len(unplaced)} left unplaced")
+    for off in unplaced[:20]:
+        notes.append(f"scan: L2-shaped table at 0x{off:x} has no evidence of its guest position (--carve-dir "
+                     "writes it out)")
+    for index, why in sorted(lost.items()):
+        notes.append(f"scan: guest 0x{index * layer.span:x}+0x{layer.span:x}: {why}")
+    if not placements and not lost:
+        return layer, notes
+    n = max([len(layer.l1) if not isinstance(layer.l1, Unreadable) else 0] + [p.l1_index + 1 for p in placements])
+    l1 = np.zeros(n, dtype=np.uint64)
+    if not isinstance(layer.l1, Unreadable):
+        l1[:len(layer.l1)] = layer.l1
+    for index in lost:
+        l1[index] = 0
+    labels = {}
+    for p in placements:
+        l1[p.l1_index] = np.uint64(p.offset)
+        labels[p.l1_index] = p.label
+        notes.append(f"scan: {p.label} placed at L1 index {p.l1_index} (guest 0x{p.l1_index * layer.span:x})")
+    view = Qcow2Layer(img, backing=layer.backing, data_file=layer.data if layer.data is not img.file else None,
+                      cipher=layer.cipher, l1=l1, labels=labels,
+                      lost={i: w for i, w in lost.items() if i not in labels})
+    return view, notes
+
+
+def _zeroed_tables(img: Image, layer, leaked: int) -> dict[int, str]:
+    """Active L1 entries whose L2 table reads as all zeros while clusters are leaked: a table QEMU
+    never writes that way unless it was wiped (a discarded range frees its clusters, it leaks none)."""
+    out: dict[int, str] = {}
+    l1 = layer.l1
+    if isinstance(l1, Unreadable):
+        return out
+    offsets = (l1 & T.L1E_OFFSET_MASK).tolist()
+    cs = img.header.cluster_size
+    for index, off in enumerate(offsets):
+        if off and off % cs == 0 and off < img.file.size:
+            raw = img.file.read(off, cs)
+            if not raw.strip(b"\0"):
+                out[index] = (f"L2 table at 0x{off:x} (L1 index {index}) is all zeros while {leaked} clusters "
+                              "have a refcount but no reference: its entries were lost")
+    return out
