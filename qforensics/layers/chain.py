@@ -105,7 +105,7 @@ def read_run(layer, ext: Extent, offset: int, length: int) -> bytes | None:
     if k == Kind.NORMAL:
         return layer.read_normal(offset, ext.host + (offset - ext.start), length)
     if k == Kind.COMPRESSED:
-        data, _ = layer.compressed_cluster(ext.entry)
+        data, _, _ = layer.compressed_cluster(ext.entry)
         if data is None:
             return None
         at = offset % layer.cs

@@ -91,17 +91,18 @@ def run_starts(kind: np.ndarray, host: np.ndarray, unit: int, units_per_cluster:
     return np.flatnonzero(brk)
 
 
-def inflate_cluster(raw: bytes, cluster_size: int, algorithm: int) -> tuple[bytes | None, str]:
+def inflate_cluster(raw: bytes, cluster_size: int, algorithm: int) -> tuple[bytes | None, str, bytes]:
     """One compressed cluster, as QEMU requires it: the stream must fill exactly one cluster
-    (block/qcow2-threads.c qcow2_zlib_decompress / qcow2_zstd_decompress)."""
+    (block/qcow2-threads.c qcow2_zlib_decompress / qcow2_zstd_decompress). Returns (cluster or None,
+    why not, what did inflate: the salvage of a damaged or cut stream)."""
     from ..checks.compressed import inflate
 
     data, _, error = inflate(raw, cluster_size, algorithm)
     if error is not None:
-        return None, f"does not decompress ({error})"
+        return None, f"does not decompress ({error})", b""
     if len(data) != cluster_size:
-        return None, f"decompresses to {len(data)} bytes, not one cluster ({cluster_size})"
-    return data, ""
+        return None, f"decompresses to {len(data)} bytes, not one cluster ({cluster_size})", data
+    return data, "", b""
 
 
 class Qcow2Layer:
@@ -271,15 +272,18 @@ class Qcow2Layer:
 
     # -- data ---------------------------------------------------------------------------------------------
 
-    def compressed_cluster(self, entry: int) -> tuple[bytes | None, str]:
-        """The inflated cluster of a compressed descriptor, or None and why not."""
+    def compressed_cluster(self, entry: int) -> tuple[bytes | None, str, bytes]:
+        """The inflated cluster of a compressed descriptor, or None, why not, and what could be inflated
+        (a stream cut by the end of the file still gives its first bytes)."""
         coff, sectors = T.compressed_fields(np.array([entry], dtype=np.uint64), self.cb)
         coff, nbytes = int(coff[0]), int(sectors[0]) * 512 - int(coff[0]) % 512
         raw = self.img.file.read(coff, nbytes)
         if not raw:
-            return None, f"compressed cluster at 0x{coff:x} lies past the end of the file"
-        data, why = inflate_cluster(raw, self.cs, self.compression)
-        return data, (f"compressed cluster at 0x{coff:x} {why}" if why else "")
+            return None, f"compressed cluster at 0x{coff:x} lies past the end of the file", b""
+        data, why, salvage = inflate_cluster(raw, self.cs, self.compression)
+        if data is None and len(raw) < nbytes:
+            why = f"the end of the file (0x{self.img.file.size:x}) cuts it ({why})"
+        return data, (f"compressed cluster at 0x{coff:x}: {why}" if why else ""), salvage
 
     def read_normal(self, guest: int, host: int, length: int) -> bytes:
         """Bytes of a NORMAL run: from the data-holding file, decrypted when the image is encrypted."""

@@ -174,8 +174,7 @@ def copy_normal(owner, ext: Extent, writer: Writer, rec: Recovery, log: Log, lab
                 _lost(guest, hi - lo, f"host range 0x{lo:x}-0x{hi:x} of {Path(file.path).name} lies past the "
                                       f"end of the file (0x{size:x})", rec, log)
             else:
-                log.add(guest, hi - lo, source=label)
-                rec.sources[label] = rec.sources.get(label, 0) + hi - lo
+                _found(guest, hi - lo, label, rec, log)
             continue
         for at in range(lo, hi, CHUNK):
             n = min(CHUNK, hi - at)
@@ -185,8 +184,27 @@ def copy_normal(owner, ext: Extent, writer: Writer, rec: Recovery, log: Log, lab
             else:
                 data = owner.read_normal(g, at, n)
             writer.write(g, data)
-        log.add(guest, hi - lo, source=label)
-        rec.sources[label] = rec.sources.get(label, 0) + hi - lo
+        _found(guest, hi - lo, label, rec, log)
+
+
+def copy_compressed(owner, ext: Extent, writer: Writer, rec: Recovery, log: Log, label: str, fallback) -> None:
+    """A compressed run: its cluster inflated; of a damaged or cut stream, what does inflate is kept."""
+    data, why, salvage = owner.compressed_cluster(ext.entry)
+    at = ext.start % owner.cs
+    if data is not None:
+        writer.write(ext.start, data[at:at + ext.length])
+        _found(ext.start, ext.length, label, rec, log)
+        return
+    good = max(0, min(len(salvage) - at, ext.length))
+    if good:
+        writer.write(ext.start, salvage[at:at + good])
+        _found(ext.start, good, f"{label} (partial compressed cluster)", rec, log)
+    _missing(Extent(ext.start + good, ext.length - good, Kind.INVALID, reason=why), writer, rec, log, fallback)
+
+
+def _found(start: int, length: int, source: str, rec: Recovery, log: Log) -> None:
+    log.add(start, length, source=source)
+    rec.sources[source] = rec.sources.get(source, 0) + length
 
 
 def recover(layer, out: Path, *, log_path: Path | None = None, top_label: str = "active",
@@ -204,20 +222,12 @@ def recover(layer, out: Path, *, log_path: Path | None = None, top_label: str = 
                 if ext.kind == Kind.INVALID or (ext.reason and ext.kind in ZERO_KINDS):
                     _missing(ext, writer, rec, log, fallback)
                 elif ext.kind in ZERO_KINDS:
-                    src = "zero" if ext.kind in (Kind.ZERO_PLAIN, Kind.ZERO_ALLOC, Kind.RAW_HOLE) else "unallocated"
-                    log.add(ext.start, ext.length, source=f"{label}: {src}" if src == "zero" else src)
-                    rec.sources[src] = rec.sources.get(src, 0) + ext.length
+                    zero = ext.kind in (Kind.ZERO_PLAIN, Kind.ZERO_ALLOC, Kind.RAW_HOLE)
+                    _found(ext.start, ext.length, f"{label}: zero" if zero else "unallocated", rec, log)
                 elif ext.kind in (Kind.NORMAL, Kind.RAW_DATA):
                     copy_normal(owner, ext, writer, rec, log, label)
                 elif ext.kind == Kind.COMPRESSED:
-                    data, why = owner.compressed_cluster(ext.entry)
-                    if data is None:
-                        _missing(ext._replace(reason=why), writer, rec, log, fallback)
-                    else:
-                        at = ext.start % owner.cs
-                        writer.write(ext.start, data[at:at + ext.length])
-                        log.add(ext.start, ext.length, source=label)
-                        rec.sources[label] = rec.sources.get(label, 0) + ext.length
+                    copy_compressed(owner, ext, writer, rec, log, label, fallback)
                 bar.update(ext.end)
     finally:
         writer.close()
@@ -234,8 +244,7 @@ def _missing(ext: Extent, writer: Writer, rec: Recovery, log: Log, fallback) -> 
                 _lost(pos, start - pos, ext.reason, rec, log)
             if data is not None:
                 writer.write(start, data)
-            log.add(start, length, source=source)
-            rec.sources[source] = rec.sources.get(source, 0) + length
+            _found(start, length, source, rec, log)
             pos = start + length
     if pos < ext.end:
         _lost(pos, ext.end - pos, ext.reason, rec, log)
