@@ -134,6 +134,7 @@ class Qcow2Layer:
             self.l1 = l1
         else:
             self.l1 = img.l1_table(l1_offset, l1_size) if img.geometry_ok else Unreadable("cluster size unusable")
+        self.first_user = self._first_users()
         self.labels = labels or {}  # L1 index -> where its L2 table came from, when not the image's own L1
         self.lost = lost or {}  # L1 index -> why its range is known to be damaged though its entry reads 0
         self.backing = backing
@@ -172,6 +173,17 @@ class Qcow2Layer:
             count += int(np.count_nonzero(block))
         return count >= threshold
 
+    def _first_users(self) -> np.ndarray:
+        """For each L1 entry, the first L1 index pointing at the same L2 table (itself when it is the first).
+
+        One table cannot map two guest ranges: a repeat is corruption (or a trap that would make a
+        reader decode one table millions of times), and is refused as such."""
+        if isinstance(self.l1, Unreadable) or not len(self.l1):
+            return np.zeros(0, dtype=np.int64)
+        offsets = self.l1 & T.L1E_OFFSET_MASK
+        _, first, inverse = np.unique(offsets, return_index=True, return_inverse=True)
+        return first[inverse].astype(np.int64)
+
     def _l1_window(self, first: int, last: int) -> tuple[np.ndarray, str]:
         """L2 offsets of L1 entries first..last (0 past the table's end), and why they may be missing."""
         n = last - first + 1
@@ -200,9 +212,14 @@ class Qcow2Layer:
         size = self.img.file.size
         per_batch = max(1, BATCH_UNITS // (self.l2_entries * self.units))
         cs = np.uint64(self.cs)
-        # each L1 entry: 0 unallocated, 1 a readable table, 2 unaligned, 3 past the end of the file
-        state = np.where(l2_offsets == 0, 0, np.where(l2_offsets % cs != 0, 2,
-                                                      np.where(l2_offsets >= np.uint64(size), 3, 1)))
+        # each L1 entry: 0 unallocated, 1 a readable table, 2 unaligned, 3 past the end of the file,
+        # 4 a table an earlier entry already uses
+        users = np.arange(first, last + 1)
+        known = self.first_user[first:last + 1]
+        users[:len(known)] = known
+        repeat = users != np.arange(first, last + 1)
+        state = np.where(l2_offsets == 0, 0, np.where(l2_offsets % cs != 0, 2, np.where(
+            l2_offsets >= np.uint64(size), 3, np.where(repeat, 4, 1))))
         cuts = np.flatnonzero(np.diff(state)) + 1
         bounds = [0, *cuts.tolist(), len(state)]
         for i, j in zip(bounds[:-1], bounds[1:], strict=True):
@@ -229,6 +246,10 @@ class Qcow2Layer:
                 if st == 2:
                     ext = Extent(base, self.span, Kind.INVALID,
                                  reason=f"L2 table offset 0x{off:x} unaligned (L1 index: 0x{first + k:x})")
+                elif st == 4:
+                    ext = Extent(base, self.span, Kind.INVALID,
+                                 reason=f"L2 table at 0x{off:x} (L1 index 0x{first + k:x}) is already L1 index "
+                                        f"0x{int(users[k]):x}'s: one table cannot map two guest ranges")
                 else:  # QEMU reads zeros there: unallocated, but a recovery should know why
                     ext = Extent(base, self.span, Kind.UNALLOCATED,
                                  reason=f"L2 table at 0x{off:x} (L1 index 0x{first + k:x}) is past the end of "

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import progress
+from ..errors import UsageError
 from ..layers.chain import ZERO_KINDS, RawLayer, resolve
 from ..layers.extent import Extent, Kind
 
@@ -93,8 +94,15 @@ class Writer:
     """The sparse raw output: only non-zero blocks are written; its size is set once at the start."""
 
     def __init__(self, path: Path, size: int):
-        self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0), 0o644)
-        os.ftruncate(self.fd, size)
+        try:
+            self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0), 0o644)
+        except OSError as exc:
+            raise UsageError(f"-o {path}: {exc.strerror}") from None
+        try:
+            os.ftruncate(self.fd, size)
+        except OSError as exc:
+            os.close(self.fd)
+            raise UsageError(f"-o {path}: cannot make a {size}-byte file (the virtual size): {exc.strerror}") from None
         self.written = 0
 
     def write(self, offset: int, data: bytes | memoryview) -> None:

@@ -109,7 +109,7 @@ def find_candidates(img: Image, clusters: np.ndarray, role: np.ndarray,
     return out
 
 
-def place(img: Image, candidates: dict[int, np.ndarray], active_l1: np.ndarray, open_slots: set[int],
+def place(img: Image, candidates: dict[int, np.ndarray], open_slots: OpenSlots,
           ) -> tuple[list[Placement], dict[int, int], list[int]]:
     """Where each candidate goes: (placements, stale L1 copies {offset: tables placed}, unplaced offsets)."""
     h = img.header
@@ -125,13 +125,12 @@ def place(img: Image, candidates: dict[int, np.ndarray], active_l1: np.ndarray, 
             l1_copies[off] = {int(targets[i]): i for i in idx}
     tables = {o: w for o, w in candidates.items() if o not in l1_copies}
     placed: dict[int, Placement] = {}
-    used: set[int] = set()
 
     def take(off: int, index: int, evidence: str) -> None:
-        if off in placed or index in used or index not in open_slots:
+        if off in placed or index not in open_slots:
             return
         placed[off] = Placement(off, index, evidence)
-        used.add(index)
+        open_slots.take(index)
 
     for copy, refs in sorted(l1_copies.items()):
         for off, index in refs.items():
@@ -167,9 +166,9 @@ def place(img: Image, candidates: dict[int, np.ndarray], active_l1: np.ndarray, 
                                                               f"has logical offset 0x{logical:x}")
                     break
     rest = [o for o in tables if o not in placed]
-    free = sorted(open_slots - used)
-    if len(rest) == 1 and len(free) == 1:
-        take(rest[0], free[0], "the only L1 entry left to fill")
+    only = open_slots.only_one()
+    if len(rest) == 1 and only is not None:
+        take(rest[0], only, "the only L1 entry left to fill")
     unplaced = [o for o in tables if o not in placed]
     return sorted(placed.values(), key=lambda p: p.l1_index), {o: len(r) for o, r in l1_copies.items()}, unplaced
 
@@ -191,27 +190,57 @@ def _dedup_positions(img: Image) -> dict[int, int]:
     return out
 
 
-def damaged_slots(layer) -> tuple[set[int], bool]:
-    """L1 indices (inside l1_size) whose entry maps nothing or something unreadable, and whether the active
-    view shows damage at all (unreadable tables or refused entries)."""
+class OpenSlots:
+    """L1 indices a found table may take: inside the virtual size, and unallocated, past the L1's end, or
+    damaged. Kept as a predicate and counts, since a hostile size can make them billions."""
+
+    def __init__(self, l1: np.ndarray, n: int, damaged: set[int]):
+        self.l1 = l1[:n]
+        self.n = n
+        self.damaged = {i for i in damaged if i < n}
+        self.taken: set[int] = set()
+
+    def __contains__(self, index: int) -> bool:
+        if not 0 <= index < self.n or index in self.taken:
+            return False
+        return index >= len(self.l1) or not int(self.l1[index] & T.L1E_OFFSET_MASK) or index in self.damaged
+
+    def take(self, index: int) -> None:
+        self.taken.add(index)
+
+    def only_one(self) -> int | None:
+        """The index when exactly one slot is still open."""
+        zero = np.flatnonzero((self.l1 & T.L1E_OFFSET_MASK) == 0)
+        tail = self.n - len(self.l1)
+        count = len(zero) + tail + sum(1 for i in self.damaged if i < len(self.l1) and self.l1[i] & T.L1E_OFFSET_MASK)
+        count -= len(self.taken)
+        if count != 1:
+            return None
+        for i in [*zero.tolist(), *sorted(self.damaged), *range(len(self.l1), min(self.n, len(self.l1) + 2))]:
+            if i in self:
+                return i
+        return None
+
+
+def damaged_slots(layer) -> tuple[OpenSlots, bool]:
+    """The open L1 slots of the active view, and whether it shows damage at all (unreadable tables,
+    refused entries, tables past the end of the file)."""
     l1 = layer.l1
     n = max(1, -(-layer.size // layer.span))
     if isinstance(l1, Unreadable):
-        return set(range(n)), True
-    slots = set(np.flatnonzero((l1[:n] & T.L1E_OFFSET_MASK) == 0).tolist()) | set(range(len(l1), n))
-    damaged = False
+        return OpenSlots(np.zeros(0, dtype=np.uint64), n, set()), True
+    damaged: set[int] = set()
     for batch in layer.runs(0, layer.size):
         bad = (batch.kind == Kind.INVALID) | np.isin(np.arange(len(batch)), list(batch.reasons))
-        for row in np.flatnonzero(bad).tolist():
-            damaged = True
-            slots.add(int(batch.start[row]) // layer.span)
-    return slots, damaged
+        for row in np.flatnonzero(bad).tolist()[:MAX_CANDIDATES]:
+            damaged.add(int(batch.start[row]) // layer.span)
+    return OpenSlots(l1, n, damaged), bool(damaged)
 
 
 def augment(img: Image, layer, *, snapshot=None, force: bool = False):
     """The active view with orphan L2 tables placed where the evidence puts them; and notes on what was
-    found. Scans the unreferenced clusters that still have a refcount (or, with ``force``, or when the
-    active L1 is unreadable, all unreferenced clusters)."""
+    found. Reads the unreferenced clusters that still have a refcount; all unreferenced clusters with
+    ``force`` (--scan), when the active view shows damage, or when the refcounts are unreadable or zero."""
     from ..layers.qcow2 import Qcow2Layer
 
     notes: list[str] = []
@@ -222,17 +251,17 @@ def augment(img: Image, layer, *, snapshot=None, force: bool = False):
     role = lay.role
     refcounts = stored_refcounts(img, len(role))
     free = np.flatnonzero(role == Role.FREE)
-    leaked = refcounts is not None and refcounts.any() and not force and not isinstance(layer.l1, Unreadable)
-    scan = free[refcounts[free]] if leaked else free  # leaked: in use, referenced by nothing
+    # without signs of damage only the leaked clusters (in use, referenced by nothing) are read
+    leaked = refcounts is not None and refcounts.any() and not (force or damaged)
+    scan = free[refcounts[free]] if leaked else free
     if not len(scan):
         return layer, notes
     lost = _zeroed_tables(img, layer, int(len(scan))) if leaked else {}
-    slots |= set(lost)
+    slots.damaged |= {i for i in lost if i < slots.n}
     candidates = find_candidates(img, scan, role, refcounts)
     if not candidates and not lost:
         return layer, notes
-    placements, copies, unplaced = place(img, candidates, layer.l1 if not isinstance(layer.l1, Unreadable)
-                                         else np.zeros(0, np.uint64), slots)
+    placements, copies, unplaced = place(img, candidates, slots)
     tables = len(candidates) - len(copies)
     notes.append(f"scan: {len(scan)} unreferenced clusters read, {tables} L2-shaped tables and {len(copies)} "
                  f"stale L1 copies found; {len(placements)} placed, {len(unplaced)} left unplaced")
@@ -240,7 +269,8 @@ def augment(img: Image, layer, *, snapshot=None, force: bool = False):
         notes.append(f"scan: L2-shaped table at 0x{off:x} has no evidence of its guest position (--carve-dir "
                      "writes it out)")
     for index, why in sorted(lost.items()):
-        notes.append(f"scan: guest 0x{index * layer.span:x}+0x{layer.span:x}: {why}")
+        lo = index * layer.span
+        notes.append(f"scan: guest 0x{lo:x}+0x{min(layer.span, layer.size - lo):x}: {why}")
     if not placements and not lost:
         return layer, notes
     n = max([len(layer.l1) if not isinstance(layer.l1, Unreadable) else 0] + [p.l1_index + 1 for p in placements])
@@ -267,9 +297,11 @@ def _zeroed_tables(img: Image, layer, leaked: int) -> dict[int, str]:
     l1 = layer.l1
     if isinstance(l1, Unreadable):
         return out
-    offsets = (l1 & T.L1E_OFFSET_MASK).tolist()
+    offsets = l1 & T.L1E_OFFSET_MASK
     cs = img.header.cluster_size
-    for index, off in enumerate(offsets):
+    _, first = np.unique(offsets, return_index=True)
+    for index in sorted(first.tolist()):
+        off = int(offsets[index])
         if off and off % cs == 0 and off < img.file.size:
             raw = img.file.read(off, cs)
             if not raw.strip(b"\0"):
