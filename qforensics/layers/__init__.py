@@ -8,9 +8,17 @@
   ``chain.resolve`` walks it as QEMU's block status does. map and recover build on it.
 """
 
-from .chain import Consent, RawLayer, open_chain, resolve
 from .extent import Extent, Kind, Runs
 from .file import FileLayer
-from .qcow2 import Qcow2Layer
 
 __all__ = ["Consent", "Extent", "FileLayer", "Kind", "Qcow2Layer", "RawLayer", "Runs", "open_chain", "resolve"]
+_LATE = {"Consent": "chain", "RawLayer": "chain", "open_chain": "chain", "resolve": "chain", "Qcow2Layer": "qcow2"}
+
+
+def __getattr__(name: str):
+    # the model imports the file layer, and the guest layers import the model: bind them on first use
+    if name in _LATE:
+        from importlib import import_module
+
+        return getattr(import_module(f".{_LATE[name]}", __name__), name)
+    raise AttributeError(name)
