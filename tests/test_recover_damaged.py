@@ -192,3 +192,15 @@ def test_l1_zeroed_in_a_chain_layer_keeps_the_chain(damaged, tmp_path, corpus):
     assert code == 0 and out.read_bytes() == ref.read_bytes()
     sources = {r.get("source", "") for r in log["ranges"]}
     assert any(s.startswith("carved L2") for s in sources) and any(s.startswith("backing") for s in sources)
+
+
+@pytest.mark.parametrize("case,evidence", [
+    ("draft_dedup", "dedup table: cluster 0x"),           # the draft dedup table's logical offsets
+    ("combo_zstd_snapshots", "agrees with snapshot 2"),   # a snapshot L2 the orphan mostly agrees with
+    ("snapshots", "the only L1 entry left to fill"),
+])
+def test_orphan_l2_placement_evidence(damaged, tmp_path, case, evidence):
+    path, ref = damaged("l1_zeroed", case)
+    code, out, log, _ = recover(path, tmp_path)
+    assert code == 0 and out.read_bytes() == ref.read_bytes()
+    assert any(evidence in r.get("source", "") for r in log["ranges"])
