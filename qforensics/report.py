@@ -1,23 +1,41 @@
 """The HTML audit report: one self-contained file a person reads without the tool.
 
 Everything taken from the image reaches the page only through jinja2 with
-autoescape on; the cluster map is drawn from numbers only. The evidence is
-hashed before the analysis and again after it.
+autoescape on; the cluster map is drawn from numbers only. The page's one
+script is the template's own, allowed by its hash in the Content-Security-
+Policy, so no other script can run even if a string ever went unescaped.
+
+The evidence is hashed before the analysis and again after it, with the same
+method (`--hash`):
+
+- ``full``: SHA-256 of every byte of the file, what ``sha256sum`` prints;
+- ``sparse``: the qforensics sparse digest (`SPARSE_RECIPE`): SHA-256 over the
+  file's data extents, as SEEK_DATA/SEEK_HOLE list them, and their bytes. Not
+  comparable with sha256sum, and it depends on where the file system keeps
+  holes, so it proves the file unchanged in place, not equal to a copy;
+- ``auto`` (default): full, unless the file's apparent size exceeds 4 GiB and
+  its holes exceed half of it (a 1 TiB sparse image would take minutes per
+  pass); the report then says why it chose sparse.
 """
 
 from __future__ import annotations
 
+import base64
+import errno
 import hashlib
 import os
+import shlex
 import sys
+from collections import Counter
 from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
 
 import jinja2
+import markupsafe
 import numpy as np
 
-from . import __version__
+from . import __version__, progress
 from .checks import check_image
 from .findings import Severity
 from .graph import build_graph, summarize
@@ -34,23 +52,140 @@ COLOURS = {
     "leaked": "#d62728", "overlap": "#000000", "past_eof": "#ff00ff",
 }
 HEX_CONTEXT = 32
+MAX_EXCERPTS = 50
+MAX_FINDING_ROWS = 5000  # past this the table shows the first rows (by severity); the counts by code stay complete
+HASH_METHODS = ("auto", "full", "sparse")
+SPARSE_MIN_SIZE = 4 << 30  # auto: sparse only above 4 GiB apparent size ...
+SPARSE_MIN_HOLES = 0.5  # ... and with more than half of it in holes
+CHUNK = 1 << 20
+SPARSE_TAG = b"qforensics-sparse-sha256-v1"
+
+# The sparse digest, as a standalone program (shown in the report; tests run it and compare).
+SPARSE_RECIPE = """\
+import errno, hashlib, os, sys
+
+fd = os.open(sys.argv[1], os.O_RDONLY)
+size = os.fstat(fd).st_size
+h = hashlib.sha256(b"qforensics-sparse-sha256-v1\\n%d\\n" % size)
+pos = 0
+while pos < size:
+    try:
+        start = os.lseek(fd, pos, os.SEEK_DATA)
+    except OSError as exc:
+        if exc.errno != errno.ENXIO:  # ENXIO: nothing but a hole past pos
+            raise
+        break
+    end = os.lseek(fd, start, os.SEEK_HOLE)
+    h.update(b"%d %d\\n" % (start, end - start))
+    done = start
+    while done < end:
+        chunk = os.pread(fd, min(end - done, 1 << 20), done)
+        if not chunk:
+            sys.exit("the file shrank while being read")
+        h.update(chunk)
+        done += len(chunk)
+    pos = end
+print(h.hexdigest())
+"""
+
+
+def data_extents(fd: int, size: int) -> list[tuple[int, int]]:
+    """(offset, length) of each data extent, as SEEK_DATA/SEEK_HOLE list them (raises where they do not exist)."""
+    extents, pos = [], 0
+    while pos < size:
+        try:
+            start = os.lseek(fd, pos, os.SEEK_DATA)
+        except OSError as exc:
+            if exc.errno != errno.ENXIO:  # ENXIO: nothing but a hole past pos
+                raise
+            break
+        end = os.lseek(fd, start, os.SEEK_HOLE)
+        extents.append((start, end - start))
+        pos = end
+    return extents
+
+
+def human_size(n: int) -> str:
+    for unit, shift in (("TiB", 40), ("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if n >= 1 << shift:
+            return f"{n / (1 << shift):.1f} {unit}"
+    return f"{n} bytes"
+
+
+def choose_hash(size: int, hole_bytes: int) -> tuple[str, str]:
+    """auto: (method, reason). Sparse only when the file is over 4 GiB and more than half of it is holes."""
+    apparent = f"the file's apparent size is {human_size(size)}"
+    if size > SPARSE_MIN_SIZE and hole_bytes > SPARSE_MIN_HOLES * size:
+        return "sparse", (f"--hash auto chose the sparse digest: {apparent} (over 4 GiB) and "
+                          f"{100 * hole_bytes / size:.2f}% of it is holes (over half), so a full SHA-256 would "
+                          "read every byte of the holes, twice")
+    why = "4 GiB or less" if size <= SPARSE_MIN_SIZE else f"its holes are {100 * hole_bytes / size:.2f}%, half or less"
+    return "full", f"--hash auto chose the full SHA-256: {apparent} ({why})"
+
+
+def hash_evidence(path: Path, method: str) -> dict:
+    """The evidence digest by one method ('full' or 'sparse'), with what it covered."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        size = os.fstat(fd).st_size
+        if method == "full":
+            extents, h = [(0, size)] if size else [], hashlib.sha256()
+        elif method == "sparse":
+            extents, h = data_extents(fd, size), hashlib.sha256(SPARSE_TAG + b"\n%d\n" % size)
+        else:
+            raise ValueError(f"unknown hash method {method!r}")
+        data = sum(n for _, n in extents)
+        with progress.task(total=max(data, 1)) as p:
+            for start, length in extents:
+                if method == "sparse":
+                    h.update(b"%d %d\n" % (start, length))
+                done, end = start, start + length
+                while done < end:
+                    chunk = os.pread(fd, min(end - done, CHUNK), done)
+                    if not chunk:
+                        raise OSError(f"{path}: the file shrank while being hashed")
+                    h.update(chunk)
+                    done += len(chunk)
+                    p.advance(len(chunk))
+    finally:
+        os.close(fd)
+    return {"method": method, "digest": h.hexdigest(), "size": size, "extents": len(extents),
+            "data_bytes": data, "hole_bytes": size - data if method == "sparse" else None}
 
 
 def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    """SHA-256 of every byte (sha256sum's)."""
+    return hash_evidence(path, "full")["digest"]
+
+
+def resolve_hash_method(path: Path, method: str) -> tuple[str, str]:
+    """(full|sparse, reason) for a --hash value."""
+    if method not in HASH_METHODS:
+        raise ValueError(f"--hash {method}: use one of {', '.join(HASH_METHODS)}")
+    if method != "auto":
+        return method, f"--hash {method} was given"
+    size = path.stat().st_size
+    if size <= SPARSE_MIN_SIZE:
+        return choose_hash(size, 0)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        data = sum(n for _, n in data_extents(fd, size))
+    except (OSError, AttributeError):  # no SEEK_DATA here: no sparse digest either
+        return "full", "--hash auto chose the full SHA-256: this system cannot list the file's holes"
+    finally:
+        os.close(fd)
+    return choose_hash(size, size - data)
 
 
 def cluster_map(lay, leaks: list[int], overlaps: list[int]) -> dict:
     """Cells of the file drawn at scale: each cell the most common role of the clusters it covers."""
-    roles = lay.role.copy()
-    n = len(roles)
-    names = [r.name.lower() for r in Role]
+    n = len(lay.role)
+    names = ["?"] * (max(Role) + 1)
+    for r in Role:  # indexed by value: Role's definition order is not its values' order
+        names[r.value] = r.name.lower()
     extra = {"leaked": len(names), "overlap": len(names) + 1}
-    roles = roles.astype(np.int16)
+    all_names = names + ["leaked", "overlap"]
+    roles = lay.role.astype(np.int16)
     if leaks:
         roles[np.array([c for c in leaks if c < n], dtype=np.int64)] = extra["leaked"]
     if overlaps:
@@ -58,17 +193,14 @@ def cluster_map(lay, leaks: list[int], overlaps: list[int]) -> dict:
     per_cell = max(1, -(-n // MAP_CELLS))
     cells = []
     for start in range(0, n, per_cell):
-        chunk = roles[start:start + per_cell]
-        counts = np.bincount(chunk, minlength=len(names) + 2)
-        special = [extra["overlap"], extra["leaked"]]
-        pick = next((s for s in special if counts[s]), int(np.argmax(counts)))
+        counts = np.bincount(roles[start:start + per_cell], minlength=len(all_names))
+        pick = next((s for s in (extra["overlap"], extra["leaked"]) if counts[s]), int(np.argmax(counts)))
         cells.append(pick)
-    all_names = names + ["leaked", "overlap"]
     used = sorted({all_names[c] for c in cells})
     side = int(np.ceil(np.sqrt(len(cells)))) or 1
     return {"cells": [(i % side, i // side, COLOURS.get(all_names[c], "#999999"), all_names[c])
                       for i, c in enumerate(cells)],
-            "side": side, "per_cell": per_cell, "clusters": n,
+            "side": side, "rows": -(-len(cells) // side) or 1, "scale": max(10, 320 // side), "per_cell": per_cell, "clusters": n,
             "legend": [(name, COLOURS.get(name, "#999999")) for name in used]}
 
 
@@ -96,38 +228,79 @@ def verdict(report) -> str:
     return "clean"
 
 
-def build_report(path: str | os.PathLike[str], command_line: list[str] | None = None) -> str:
-    """Analyse the image and render the report; the image is hashed before and after."""
+def command_text(argv: list[str]) -> str:
+    """The command line, quoted as a shell would need it; `python -m qforensics` shown as qforensics."""
+    prog = os.path.basename(argv[0]) if argv else "qforensics"
+    if prog in ("__main__.py", "qforensics", "cli.py"):
+        prog = "qforensics"
+    return shlex.join([prog, *argv[1:]])
+
+
+def csp_hash(script: str) -> str:
+    """The Content-Security-Policy source that allows exactly this inline script."""
+    digest = base64.b64encode(hashlib.sha256(str(script).encode()).digest()).decode()
+    return markupsafe.Markup(f"'sha256-{digest}'")  # base64 and quotes only: nothing from the image
+
+
+def build_report(path: str | os.PathLike[str], command_line: list[str] | None = None,
+                 hash_method: str = "auto") -> str:
+    """Analyse the image and render the report; the image is hashed before and after, by the same method.
+
+    Progress goes to the current progress bar (qforensics.progress), if any.
+    """
     path = Path(path)
+    method, reason = resolve_hash_method(path, hash_method)
     st = path.stat()
-    before = sha256_file(path)
-    started = datetime.now(UTC)
-    with Image(path) as img:
-        info = build_info(img, str(path))
-        report = check_image(img)
-        graph, lay = build_graph(img)
-        summary = summarize(graph)
-        cb = img.header.cluster_bits if img.geometry_ok else 0
-        leaks = [f.host_offset >> cb for f in report.findings if f.code == "refcount.leak" and f.host_offset is not None]
-        overlaps = [c.cluster for c in lay.conflicts]
-        cmap = cluster_map(lay, leaks, overlaps)
-        order = [str(s) for s in Severity]
-        findings = sorted(report.findings, key=lambda f: (order.index(str(f.severity)), f.host_offset or 0))
-        excerpts = {}
-        for f in findings:
-            if f.severity == Severity.CORRUPTION and f.host_offset is not None and len(excerpts) < 50:
-                excerpts.setdefault(f.host_offset, hexdump(img, f.host_offset))
-    after = sha256_file(path)
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(template_dir())), autoescape=True,
-                             undefined=jinja2.StrictUndefined)
-    return env.get_template("report.html.j2").render(
-        evidence={"path": str(path), "size": st.st_size,
-                  "mtime": datetime.fromtimestamp(st.st_mtime, UTC).isoformat(), "sha256_before": before,
-                  "sha256_after": after, "unchanged": before == after, "tool": f"qforensics {__version__}",
-                  "time": started.isoformat(), "command": " ".join(command_line or sys.argv)},
-        verdict=verdict(report), check=report.to_json(str(path)), info=info, findings=findings,
-        excerpts=excerpts, cmap=cmap, graph=summary, order=order,
-    )
+    # shares of the progress bar, in rough seconds: hashing at ~1 GB/s, the analysis a second or so
+    to_hash = st.st_size / 1e9 if method == "full" else min(st.st_size, st.st_blocks * 512) / 1e9
+    with progress.task(total=2 * to_hash + 2.0) as bar:
+        label = "SHA-256" if method == "full" else "sparse digest"
+        bar.describe(f"{label} before the analysis")
+        with bar.share(to_hash):
+            before = hash_evidence(path, method)
+        started = datetime.now(UTC)
+        with Image(path) as img:
+            bar.describe("image description")
+            with bar.share(0.1):
+                info = build_info(img, str(path))
+            with bar.share(1.2):
+                report = check_image(img)
+            bar.describe("structure graph")
+            with bar.share(0.5):
+                graph, lay = build_graph(img)
+                summary = summarize(graph)
+            bar.describe("cluster map and findings")
+            with bar.share(0.2):
+                cb = img.header.cluster_bits if img.geometry_ok else 0
+                leaks = [f.host_offset >> cb for f in report.findings
+                         if f.code == "refcount.leak" and f.host_offset is not None]
+                overlaps = [c.cluster for c in lay.conflicts]
+                cmap = cluster_map(lay, leaks, overlaps)
+                order = [str(s) for s in Severity]
+                findings = sorted(report.findings, key=lambda f: (order.index(str(f.severity)), f.host_offset or 0))
+                excerpts = {}
+                for f in findings[:MAX_FINDING_ROWS]:
+                    if f.severity == Severity.CORRUPTION and f.host_offset is not None and len(excerpts) < MAX_EXCERPTS:
+                        excerpts.setdefault(f.host_offset, hexdump(img, f.host_offset))
+        bar.describe(f"{label} after the analysis")
+        with bar.share(to_hash):
+            after = hash_evidence(path, method)
+        bar.describe("rendering")
+        by_code = Counter((str(f.severity), f.code) for f in findings)
+        env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(template_dir())), autoescape=True,
+                                 undefined=jinja2.StrictUndefined)
+        env.filters["csp_hash"] = csp_hash
+        return env.get_template("report.html.j2").render(
+            evidence={"path": str(path), "size": st.st_size, "allocated": st.st_blocks * 512,
+                      "mtime": datetime.fromtimestamp(st.st_mtime, UTC).isoformat(), "hash": before,
+                      "hash_after": after, "hash_reason": reason, "sparse_recipe": SPARSE_RECIPE,
+                      "unchanged": before["digest"] == after["digest"], "tool": f"qforensics {__version__}",
+                      "time": started.isoformat(), "command": command_text(command_line or sys.argv)},
+            verdict=verdict(report), check=report.to_json(str(path)), info=info,
+            findings=findings[:MAX_FINDING_ROWS], total_findings=len(findings),
+            by_code=sorted(by_code.items(), key=lambda kv: (order.index(kv[0][0]), kv[0][1])),
+            excerpts=excerpts, cmap=cmap, graph=summary, order=order,
+        )
 
 
 def template_dir() -> Path:

@@ -1,23 +1,25 @@
 #!/usr/bin/env bash
 # Install whatever the test suite needs on a fresh machine, then run it.
 #   bash scripts/test.sh [pytest args]
-# Installs: qemu-utils (apt; the oracle the tests compare against), the pinned
-# Kaitai Struct compiler (npm; for the stale-parser test), the package with its
-# test extras (pip).
+# Installs: qemu-utils (apt; the oracle the tests compare against), chromium and
+# chromium-driver (apt; the browser tests of the HTML report, driven by selenium),
+# the pinned Kaitai Struct compiler (npm; for the stale-parser test), the package
+# with its test extras (pip: pytest, hypothesis, selenium). Each apt package is
+# installed only when its command is missing, with one `apt-get update` for all.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
-if ! command -v qemu-img >/dev/null 2>&1 || ! command -v qemu-io >/dev/null 2>&1; then
-    echo "== installing qemu-utils"
+missing=()
+command -v qemu-img >/dev/null 2>&1 && command -v qemu-io >/dev/null 2>&1 || missing+=(qemu-utils)
+command -v node >/dev/null 2>&1 || missing+=(nodejs npm)
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "== installing ${missing[*]} (apt)"
     as_root apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq qemu-utils >/dev/null
-fi
-if ! command -v node >/dev/null 2>&1; then
-    echo "== installing nodejs"
-    as_root apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq nodejs npm >/dev/null
+    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 if [ ! -d tools/ksc/node_modules/kaitai-struct-compiler ]; then
     echo "== installing kaitai-struct-compiler (npm)"
@@ -26,4 +28,5 @@ fi
 echo "== installing qforensics"
 python3 -m pip install -q --disable-pip-version-check -e '.[test]'
 echo "== qemu-img: $(qemu-img --version | head -1)"
+echo "== chromium: $(chromium --version 2>/dev/null | head -1)"
 exec python3 -m pytest "$@"

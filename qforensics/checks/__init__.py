@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
+from .. import progress
 from ..findings import Finding, Severity
 from ..model import Image
 from ..layout import claim_l2_batch, finish_layout, start_layout
@@ -20,6 +21,9 @@ from .overlaps import check_overlaps
 from .refcounts import Stats, check_refcounts
 
 EXIT_CLEAN, EXIT_FAILED, EXIT_CORRUPT, EXIT_LEAKS = 0, 1, 2, 3
+# progress of check_image, in percent by stage (the refcount walk over the L2 tables is most of the time)
+CHECK_STAGES = {"refcounts and L2 tables": 75, "compressed clusters": 10, "overlaps": 5, "entries": 5,
+                "header, snapshots, bitmaps, drafts": 5}
 
 
 @dataclass
@@ -68,7 +72,13 @@ def check_image(img: Image) -> CheckReport:
 
     When QEMU could not open the image, its counters stay empty: the refcount
     findings are kept, without the qemu-img check lines qemu never printed.
+    Progress goes to the current progress bar, if any (qforensics.progress).
     """
+    with progress.task(total=sum(CHECK_STAGES.values())) as p:
+        return _check_image(img, p)
+
+
+def _check_image(img: Image, p) -> CheckReport:
     # check mode skips the snapshot table at open (BDRV_O_CHECK); qcow2_check_read_snapshot_table judges it
     refusals = [f for f in img.open_refusals if not f.code.startswith(("snapshot.", "header.snapshot_table"))]
     if not img.geometry_ok:
@@ -76,6 +86,7 @@ def check_image(img: Image) -> CheckReport:
                                            f"cluster_bits {img.header.cluster_bits} makes the tables unreadable; "
                                            "only the header was checked", "qcow2 header", 20)]
         return CheckReport(findings, Stats(), refusals)
+    p.describe("refcounts and L2 tables")
     layout = start_layout(img)
     refcount_findings, stats = check_refcounts(
         img, on_batch=lambda offsets, desc: claim_l2_batch(img, layout, offsets, desc))
@@ -83,15 +94,24 @@ def check_image(img: Image) -> CheckReport:
         refcount_findings = [replace(f, qemu_check=None, qemu_counts=None) for f in refcount_findings]
     findings = list(refcount_findings)
     finish_layout(img, layout)
+    p.advance(CHECK_STAGES["refcounts and L2 tables"])
+    p.describe("compressed clusters")
     compressed_findings, exact_ends = check_compressed(img, layout)
     findings += compressed_findings
+    p.advance(CHECK_STAGES["compressed clusters"])
+    p.describe("overlaps")
     findings += check_overlaps(layout, exact_ends)
+    p.advance(CHECK_STAGES["overlaps"])
+    p.describe("entries")
     findings += check_entries(img)
+    p.advance(CHECK_STAGES["entries"])
+    p.describe("header, snapshots, bitmaps, drafts")
     findings += check_header_rules(img)
     findings += check_snapshot_rules(img)
     findings += check_bitmap_rules(img)
     findings += check_dedup(img) + check_journals(img, layout) + check_draft_bitmaps(img)
     findings += explain_qemu_leaks(refcount_findings, layout)
+    p.advance(CHECK_STAGES["header, snapshots, bitmaps, drafts"])
     return CheckReport(img.findings + findings, stats, refusals)
 
 
