@@ -36,6 +36,7 @@ class RawLayer:
         self.size = file.size
         self.backing = None
         self.encrypted = False
+        self.cipher = None
 
     def extents(self, start: int, end: int) -> Iterator[Extent]:
         end = min(end, self.size)

@@ -306,6 +306,10 @@ class Qcow2Layer:
             why = f"the end of the file (0x{self.img.file.size:x}) cuts it ({why})"
         return data, (f"compressed cluster at 0x{coff:x}: {why}" if why else ""), salvage
 
+    def decrypt(self, guest: int, host: int, data) -> bytes:
+        """Plaintext of ``data`` read at ``host`` for guest offset ``guest`` (both sector aligned)."""
+        return self.cipher.decrypt(bytes(data), (host if self.cipher.physical else guest) // 512)
+
     def read_normal(self, guest: int, host: int, length: int) -> bytes:
         """Bytes of a NORMAL run: from the data-holding file, decrypted when the image is encrypted."""
         if self.cipher is None:

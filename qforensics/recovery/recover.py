@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,9 +24,10 @@ import numpy as np
 from .. import progress
 from ..errors import UsageError
 from ..layers.chain import ZERO_KINDS, RawLayer, resolve
-from ..layers.extent import Extent, Kind
+from ..layers.extent import Extent, Kind, Runs
 
 CHUNK = 8 << 20  # bytes read at a time
+WINDOW_GAP = 256 << 10  # host bytes between two runs still worth reading through in one window
 ZERO_BLOCK = 4096  # granularity of the sparse output (qemu-img convert's default -S 4k)
 _ZEROS = bytes(CHUNK)
 
@@ -151,13 +152,6 @@ def source_label(depth: int, layer, top_label: str, guest: int = 0) -> str:
     return f"backing {depth} ({kind}): {Path(layer.name).name}"
 
 
-def runs_to_recover(layer, start: int, end: int) -> Iterator[tuple[int, object, Extent]]:
-    """Every run of the guest view in order, with the depth of the layer that provides it."""
-    for depth, owner, batch in resolve(layer, start, end):
-        for ext in batch.rows():
-            yield depth, owner, ext
-
-
 def _data_pieces(file, host: int, length: int) -> list[tuple[int, int, bool]]:
     """(host start, host end, is_hole_or_past_eof) pieces of a host range, from the file's extents."""
     pieces, at = [], host
@@ -173,7 +167,7 @@ def _data_pieces(file, host: int, length: int) -> list[tuple[int, int, bool]]:
 
 def copy_normal(owner, ext: Extent, writer: Writer, rec: Recovery, log: Log, label: str) -> None:
     """A NORMAL (or raw data) run: large reads of the parts that hold data in the host file."""
-    file = owner.file if isinstance(owner, RawLayer) else owner.data
+    file = _host_file(owner)
     size = file.size
     for lo, hi, hole in _data_pieces(file, ext.host, ext.length):
         guest = ext.start + (lo - ext.host)
@@ -215,6 +209,41 @@ def _found(start: int, length: int, source: str, rec: Recovery, log: Log) -> Non
     rec.sources[source] = rec.sources.get(source, 0) + length
 
 
+def _host_file(owner):
+    return owner.file if isinstance(owner, RawLayer) else owner.data
+
+
+def copy_rows(owner, batch: Runs, rows: np.ndarray, writer: Writer) -> None:
+    """Data runs whose host bytes are all in the file (no holes, not past its end), read in large
+    windows of nearby host offsets and written where they belong: one read serves many small runs of a
+    fragmented image."""
+    host, length, guest = batch.host[rows], batch.length[rows], batch.start[rows]
+    order = np.argsort(host, kind="stable")
+    host, length, guest = host[order], length[order], guest[order]
+    end = np.maximum.accumulate(host + length)
+    # a new window where the gap to what is already covered is large, or the window would grow too big
+    gap = np.empty(len(host), dtype=bool)
+    gap[0] = True
+    gap[1:] = host[1:] - end[:-1] > WINDOW_GAP
+    starts = np.flatnonzero(gap).tolist() + [len(host)]
+    read_raw = owner.read_raw if isinstance(owner, RawLayer) else None
+    for a, b in zip(starts[:-1], starts[1:], strict=True):
+        i = a
+        while i < b:
+            lo = int(host[i])
+            j = i + 1
+            while j < b and int(end[j]) - lo <= CHUNK:
+                j += 1
+            hi = int(end[j - 1])
+            buf = memoryview(read_raw(lo, hi - lo) if read_raw else owner.data.read(lo, hi - lo))
+            for h, n, g in zip(host[i:j].tolist(), length[i:j].tolist(), guest[i:j].tolist(), strict=True):
+                piece = buf[h - lo:h - lo + n]
+                if owner.cipher is not None:
+                    piece = owner.decrypt(g, h, piece)
+                writer.write(g, piece)
+            i = j
+
+
 def recover(layer, out: Path, *, log_path: Path | None = None, top_label: str = "active",
             header: dict | None = None, fallback: Callable | None = None) -> Recovery:
     """Write the guest view of ``layer`` to ``out`` as raw; ``fallback(start, end)`` may supply runs
@@ -225,22 +254,53 @@ def recover(layer, out: Path, *, log_path: Path | None = None, top_label: str = 
     try:
         with progress.task(total=max(1, layer.size)) as bar:
             bar.describe("guest data")
-            for depth, owner, ext in runs_to_recover(layer, 0, layer.size):
-                label = source_label(depth, owner, top_label, ext.start)
-                if ext.kind == Kind.INVALID or (ext.reason and ext.kind in ZERO_KINDS):
-                    _missing(ext, writer, rec, log, fallback)
-                elif ext.kind in ZERO_KINDS:
-                    zero = ext.kind in (Kind.ZERO_PLAIN, Kind.ZERO_ALLOC, Kind.RAW_HOLE)
-                    _found(ext.start, ext.length, f"{label}: zero" if zero else "unallocated", rec, log)
-                elif ext.kind in (Kind.NORMAL, Kind.RAW_DATA):
-                    copy_normal(owner, ext, writer, rec, log, label)
-                elif ext.kind == Kind.COMPRESSED:
-                    copy_compressed(owner, ext, writer, rec, log, label, fallback)
-                bar.update(ext.end)
+            for depth, owner, batch in resolve(layer, 0, layer.size):
+                fast = _fast_rows(owner, batch)
+                if len(fast):
+                    copy_rows(owner, batch, fast, writer)
+                is_fast = np.zeros(len(batch), dtype=bool)
+                is_fast[fast] = True
+                for i, ext in enumerate(batch.rows()):
+                    label = source_label(depth, owner, top_label, ext.start)
+                    if is_fast[i]:
+                        _found(ext.start, ext.length, label, rec, log)
+                    elif ext.kind == Kind.INVALID or (ext.reason and ext.kind in ZERO_KINDS):
+                        _missing(ext, writer, rec, log, fallback)
+                    elif ext.kind in ZERO_KINDS:
+                        zero = ext.kind in (Kind.ZERO_PLAIN, Kind.ZERO_ALLOC, Kind.RAW_HOLE)
+                        _found(ext.start, ext.length, f"{label}: zero" if zero else "unallocated", rec, log)
+                    elif ext.kind in (Kind.NORMAL, Kind.RAW_DATA):
+                        copy_normal(owner, ext, writer, rec, log, label)
+                    elif ext.kind == Kind.COMPRESSED:
+                        copy_compressed(owner, ext, writer, rec, log, label, fallback)
+                if len(batch):
+                    bar.update(int(batch.start[-1] + batch.length[-1]))
     finally:
         writer.close()
         log.close(rec.summary())
     return rec
+
+
+def _fast_rows(owner, batch: Runs) -> np.ndarray:
+    """Rows of data runs whose host range lies in one data extent of the file (no hole, not past EOF)."""
+    k = batch.kind
+    rows = np.flatnonzero((k == Kind.NORMAL) | (k == Kind.RAW_DATA))
+    if batch.reasons:
+        rows = rows[~np.isin(rows, list(batch.reasons))]
+    if getattr(owner, "cipher", None) is not None:
+        rows = rows[batch.length[rows] % 512 == 0]  # whole sectors only; the rest goes the careful way
+    if not len(rows):
+        return rows
+    starts, ends = _host_file(owner).data_extents
+    host, end = batch.host[rows], batch.host[rows] + batch.length[rows]
+    i = np.searchsorted(ends, host, side="right")
+    ok = i < len(starts)
+    i = np.minimum(i, len(starts) - 1) if len(starts) else i
+    if len(starts):
+        ok &= (starts[i] <= host) & (end <= ends[i])
+    else:
+        ok &= False
+    return rows[ok]
 
 
 def _missing(ext: Extent, writer: Writer, rec: Recovery, log: Log, fallback) -> None:
