@@ -26,10 +26,11 @@ from ..errors import UsageError
 from ..layers.chain import ZERO_KINDS, RawLayer, resolve
 from ..layers.extent import Extent, Kind, Runs
 
-CHUNK = 8 << 20  # bytes read at a time
+CHUNK = 4 << 20  # bytes read at a time
 WINDOW_GAP = 256 << 10  # host bytes between two runs still worth reading through in one window
+MAX_PENDING = 1 << 18  # data runs gathered before they are copied (24 bytes each, copied twice to sort)
 ZERO_BLOCK = 4096  # granularity of the sparse output (qemu-img convert's default -S 4k)
-_ZEROS = bytes(CHUNK)
+_ZEROS = memoryview(bytes(CHUNK))  # sliced without copying
 
 
 @dataclass
@@ -213,35 +214,54 @@ def _host_file(owner):
     return owner.file if isinstance(owner, RawLayer) else owner.data
 
 
-def copy_rows(owner, batch: Runs, rows: np.ndarray, writer: Writer) -> None:
-    """Data runs whose host bytes are all in the file (no holes, not past its end), read in large
-    windows of nearby host offsets and written where they belong: one read serves many small runs of a
-    fragmented image."""
-    host, length, guest = batch.host[rows], batch.length[rows], batch.start[rows]
+class PendingCopies:
+    """Data runs gathered across batches and copied in host order: a fragmented image's small runs,
+    scattered over the host file in guest order, are then read in a few sequential windows."""
+
+    def __init__(self, writer: Writer):
+        self.writer = writer
+        self.parts: dict[int, tuple[object, list[tuple[np.ndarray, np.ndarray, np.ndarray]]]] = {}
+        self.rows = 0
+
+    def add(self, owner, batch: Runs, rows: np.ndarray) -> None:
+        entry = self.parts.setdefault(id(owner), (owner, []))
+        entry[1].append((batch.host[rows], batch.length[rows], batch.start[rows]))
+        self.rows += len(rows)
+        if self.rows >= MAX_PENDING:
+            self.flush()
+
+    def flush(self) -> None:
+        for owner, parts in self.parts.values():
+            host, length, guest = (np.concatenate([p[i] for p in parts]) for i in range(3))
+            copy_rows(owner, host, length, guest, self.writer)
+        self.parts.clear()
+        self.rows = 0
+
+
+def copy_rows(owner, host: np.ndarray, length: np.ndarray, guest: np.ndarray, writer: Writer) -> None:
+    """Data runs whose host bytes all lie in the file (no holes, not past its end), read in windows of
+    nearby host offsets (at most CHUNK bytes) and written where they belong in the guest."""
     order = np.argsort(host, kind="stable")
     host, length, guest = host[order], length[order], guest[order]
     end = np.maximum.accumulate(host + length)
-    # a new window where the gap to what is already covered is large, or the window would grow too big
-    gap = np.empty(len(host), dtype=bool)
-    gap[0] = True
-    gap[1:] = host[1:] - end[:-1] > WINDOW_GAP
-    starts = np.flatnonzero(gap).tolist() + [len(host)]
-    read_raw = owner.read_raw if isinstance(owner, RawLayer) else None
-    for a, b in zip(starts[:-1], starts[1:], strict=True):
-        i = a
-        while i < b:
-            lo = int(host[i])
-            j = i + 1
-            while j < b and int(end[j]) - lo <= CHUNK:
-                j += 1
-            hi = int(end[j - 1])
-            buf = memoryview(read_raw(lo, hi - lo) if read_raw else owner.data.read(lo, hi - lo))
-            for h, n, g in zip(host[i:j].tolist(), length[i:j].tolist(), guest[i:j].tolist(), strict=True):
-                piece = buf[h - lo:h - lo + n]
-                if owner.cipher is not None:
-                    piece = owner.decrypt(g, h, piece)
-                writer.write(g, piece)
-            i = j
+    read = owner.read_raw if isinstance(owner, RawLayer) else owner.data.read
+    n = len(host)
+    i = 0
+    while i < n:
+        lo = int(host[i])
+        # extend the window while the next run starts near what it covers and it stays within CHUNK
+        j = i + 1 + int(np.searchsorted(end[i + 1:], lo + CHUNK, side="right"))
+        gaps = np.flatnonzero(host[i + 1:j] - end[i:j - 1] > WINDOW_GAP)
+        if len(gaps):
+            j = i + 1 + int(gaps[0])
+        hi = int(end[j - 1])
+        buf = memoryview(read(lo, hi - lo))
+        for h, m, g in zip(host[i:j].tolist(), length[i:j].tolist(), guest[i:j].tolist(), strict=True):
+            piece = buf[h - lo:h - lo + m]
+            if owner.cipher is not None:
+                piece = owner.decrypt(g, h, piece)
+            writer.write(g, piece)
+        i = j
 
 
 def recover(layer, out: Path, *, log_path: Path | None = None, top_label: str = "active",
@@ -251,13 +271,14 @@ def recover(layer, out: Path, *, log_path: Path | None = None, top_label: str = 
     rec = Recovery(layer.size)
     log = Log(log_path, header or {})
     writer = Writer(out, layer.size)
+    pending = PendingCopies(writer)
     try:
         with progress.task(total=max(1, layer.size)) as bar:
             bar.describe("guest data")
             for depth, owner, batch in resolve(layer, 0, layer.size):
                 fast = _fast_rows(owner, batch)
                 if len(fast):
-                    copy_rows(owner, batch, fast, writer)
+                    pending.add(owner, batch, fast)
                 is_fast = np.zeros(len(batch), dtype=bool)
                 is_fast[fast] = True
                 for i, ext in enumerate(batch.rows()):
@@ -275,6 +296,7 @@ def recover(layer, out: Path, *, log_path: Path | None = None, top_label: str = 
                         copy_compressed(owner, ext, writer, rec, log, label, fallback)
                 if len(batch):
                     bar.update(int(batch.start[-1] + batch.length[-1]))
+            pending.flush()
     finally:
         writer.close()
         log.close(rec.summary())
