@@ -95,6 +95,14 @@ class FileLayer:
             starts, ends = [0], [self.size]
         return np.array(starts, dtype=np.int64), np.array(ends, dtype=np.int64)
 
+    def holds_data(self, starts: np.ndarray, length: int) -> np.ndarray:
+        """Which ranges [start, start+length) touch a data extent (not wholly a hole, not past the end)."""
+        s, e = self.data_extents
+        starts = np.asarray(starts, dtype=np.int64)
+        i = np.searchsorted(e, starts, side="right")
+        ok = i < len(s)
+        return ok & (s[np.minimum(i, max(len(s) - 1, 0))] < starts + length) if len(s) else ok
+
     def data_runs(self, start: int, end: int) -> list[tuple[int, int]]:
         """The parts of [start, end) that hold data in the file (not holes, not past its end)."""
         s, e = self.data_extents

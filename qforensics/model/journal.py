@@ -81,6 +81,8 @@ def find_journals(img: Image, unreferenced: np.ndarray) -> list[JournalArea]:
     """Journal areas in the given host clusters (indices), each read once and bounded by the file."""
     cs = img.header.cluster_size
     areas: list[JournalArea] = []
+    if len(unreferenced):  # a hole reads as zeros: no journal there, and no need to read it
+        unreferenced = unreferenced[img.file.holds_data(unreferenced.astype(np.int64) * cs, cs)]
     for index in unreferenced.tolist():
         raw = img.file.read(index * cs, cs)
         clusters = []
