@@ -115,10 +115,10 @@ class Writer:
             self._pwrite(offset, data)
             return
         # write only the non-zero 4 KiB blocks, joined into runs
-        arr = np.frombuffer(data, dtype=np.uint8)
         full = n // ZERO_BLOCK * ZERO_BLOCK
-        nz = np.flatnonzero(arr[:full].reshape(-1, ZERO_BLOCK).any(axis=1))
-        if full < n and arr[full:].any():
+        words = np.frombuffer(data, dtype=np.uint64, count=full // 8)
+        nz = np.flatnonzero((words.reshape(-1, ZERO_BLOCK // 8) != 0).any(axis=1))
+        if full < n and data[full:] != _ZEROS[:n - full]:
             nz = np.append(nz, full // ZERO_BLOCK)
         if not len(nz):
             return
@@ -240,27 +240,37 @@ class PendingCopies:
 
 def copy_rows(owner, host: np.ndarray, length: np.ndarray, guest: np.ndarray, writer: Writer) -> None:
     """Data runs whose host bytes all lie in the file (no holes, not past its end), read in windows of
-    nearby host offsets (at most CHUNK bytes) and written where they belong in the guest."""
+    nearby host offsets (at most CHUNK bytes, into one reused buffer) and written where they belong."""
     order = np.argsort(host, kind="stable")
     host, length, guest = host[order], length[order], guest[order]
     end = np.maximum.accumulate(host + length)
-    read = owner.read_raw if isinstance(owner, RawLayer) else owner.data.read
+    file = _host_file(owner)
+    view = memoryview(bytearray(CHUNK))
+
+    def put(g: int, h: int, piece) -> None:
+        writer.write(g, owner.decrypt(g, h, piece) if owner.cipher is not None else piece)
+
     n = len(host)
     i = 0
     while i < n:
         lo = int(host[i])
+        if int(length[i]) > CHUNK:  # one long run, in pieces
+            g, m = int(guest[i]), int(length[i])
+            for at in range(0, m, CHUNK):
+                k = min(CHUNK, m - at)
+                file.read_into(lo + at, view[:k])
+                put(g + at, lo + at, view[:k])
+            i += 1
+            continue
         # extend the window while the next run starts near what it covers and it stays within CHUNK
         j = i + 1 + int(np.searchsorted(end[i + 1:], lo + CHUNK, side="right"))
         gaps = np.flatnonzero(host[i + 1:j] - end[i:j - 1] > WINDOW_GAP)
         if len(gaps):
             j = i + 1 + int(gaps[0])
         hi = int(end[j - 1])
-        buf = memoryview(read(lo, hi - lo))
+        file.read_into(lo, view[:hi - lo])
         for h, m, g in zip(host[i:j].tolist(), length[i:j].tolist(), guest[i:j].tolist(), strict=True):
-            piece = buf[h - lo:h - lo + m]
-            if owner.cipher is not None:
-                piece = owner.decrypt(g, h, piece)
-            writer.write(g, piece)
+            put(g, h, view[h - lo:h - lo + m])
         i = j
 
 
