@@ -22,13 +22,18 @@ the pyenv shim, whose bash start-up would be charged to us; `--ours` replaces
 the command. The package is copied from this work tree to a temporary folder
 at start-up and run from there (PYTHONPATH), so that edits others make to the
 tree during a long run cannot mix versions in one table; the header names the
-commit, the uncommitted files and a hash of the code measured. `--live-tree`
-runs the tree itself (and warns if the code changed during the run).
+commit, the uncommitted files and a hash of the code measured. The copy is
+byte-compiled, as an installed package is (the runs have PYTHONDONTWRITEBYTECODE
+set, so nothing is written next to the sources; without .pyc files every run
+would compile every module, ~65 ms); `--no-compile` measures that case.
+`--live-tree` runs the tree itself, compiling at every run (and warns if the
+code changed during the run).
 """
 
 from __future__ import annotations
 
 import argparse
+import compileall
 import hashlib
 import json
 import os
@@ -149,8 +154,9 @@ def code_hash(root: Path = REPO) -> str:
     return h.hexdigest()[:12]
 
 
-def freeze_tree(dest: Path) -> str:
-    """Copy the package into dest, so edits made to the tree during a long run cannot mix versions.
+def freeze_tree(dest: Path, compile_code: bool = True) -> str:
+    """Copy the package into dest, so edits made to the tree during a long run cannot mix versions,
+    and byte-compile the copy.
 
     The copy is taken twice if the tree changed while copying; returns its code hash.
     """
@@ -160,6 +166,10 @@ def freeze_tree(dest: Path) -> str:
         shutil.copytree(REPO / "qforensics", dest / "qforensics",
                         ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
         if code_hash(dest) == before == code_hash():
+            if compile_code:
+                # byte-compiled, as `pip install` leaves an installed package: PYTHONDONTWRITEBYTECODE (set
+                # for the runs, and in some environments) would otherwise charge every run ~65 ms of compiling
+                compileall.compile_dir(dest / "qforensics", quiet=1)
             return before
         time.sleep(1)
     sys.exit("bench_check: qforensics/ keeps changing while being copied; try again")
@@ -256,6 +266,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", metavar="FILE", help="also write the results as JSON to FILE")
     ap.add_argument("--live-tree", action="store_true",
                     help="run qforensics from the work tree itself rather than from a copy frozen at start-up")
+    ap.add_argument("--no-compile", action="store_true",
+                    help="do not byte-compile the frozen copy: every run compiles the package's modules again")
     args = ap.parse_args(argv)
     if args.runs < 1:
         ap.error("--runs must be at least 1")
@@ -275,8 +287,9 @@ def bench(args: argparse.Namespace, frozen: Path) -> int:
     if args.live_tree:
         code_root = REPO
     else:
-        info["code_hash"] = freeze_tree(frozen)
+        info["code_hash"] = freeze_tree(frozen, compile_code=not args.no_compile)
         code_root = frozen
+    info["bytecode"] = "compiled at every run" if args.live_tree or args.no_compile else "byte-compiled copy"
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(code_root), env.get("PYTHONPATH")]))
     env["PYTHONDONTWRITEBYTECODE"] = "1"  # nothing written next to the sources
     env.pop("QFORENSICS_DEBUG", None)
@@ -285,7 +298,7 @@ def bench(args: argparse.Namespace, frozen: Path) -> int:
     where = "the live tree" if args.live_tree else "a frozen copy"
     print(f"{info['date']}  {info['cores']} cores, {info['cpu']}, {info['ram_gib']} GiB RAM  Python {info['python']}  "
           f"{info['qemu_img']}\nqforensics at {info['commit']}{dirty} (code hash {info['code_hash']}, run from "
-          f"{where})  RSS via {info['rss_method']}")
+          f"{where}, {info['bytecode']})  RSS via {info['rss_method']}")
     results = []
     for name in args.images:
         # cwd is the code root too: `python -m` puts the cwd first on sys.path

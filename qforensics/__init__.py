@@ -10,10 +10,24 @@
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
 from .errors import ImageOpenError, QforensicsError
 from .findings import Finding, Severity
-from .model import Image, Unreadable
+
+if TYPE_CHECKING:
+    from .model import Image, Unreadable
+
+
+def __getattr__(name: str):
+    """Image and Unreadable load on first use, and numpy with them: the command line sets numpy's
+    environment first (cli.py)."""
+    if name in ("Image", "Unreadable"):
+        from . import model
+
+        return getattr(model, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __version__ = "0.1.0"
 __all__ = ["Finding", "Image", "ImageOpenError", "QforensicsError", "Severity", "Unreadable", "open_image",
@@ -22,4 +36,6 @@ __all__ = ["Finding", "Image", "ImageOpenError", "QforensicsError", "Severity", 
 
 def open_image(path: str | os.PathLike[str]) -> Image:
     """Open a qcow2 image read-only; raises ImageOpenError if it is not qcow2 at all."""
+    from .model import Image
+
     return Image(path)

@@ -44,6 +44,7 @@ class Role(IntEnum):
     DRAFT_BITMAP = 15
 
 
+FREE = int(Role.FREE)  # for comparisons with the role array: numpy widens an IntEnum operand to int64
 SHAREABLE = {Role.L2_TABLE, Role.DATA, Role.COMPRESSED, Role.BITMAP_DATA, Role.JOURNAL}
 # roles claimed in bulk, whose owner is not kept per cluster (memory: one int per cluster of a 1 TiB file)
 UNOWNED = {Role.DATA, Role.COMPRESSED}
@@ -114,8 +115,15 @@ class Layout:
         if last >= n:
             self.past_eof.append((s.id, max(s.offset, n << self.cluster_bits)))
             last = n - 1
-        if first <= last:
-            self.claim(np.arange(first, last + 1, dtype=np.int64), s)
+        if first > last:
+            return
+        seg = self.role[first:last + 1]
+        if not seg.any():  # all free (Role.FREE is 0), the usual case: nothing to compare with
+            seg[:] = s.role
+            if s.role not in UNOWNED:
+                self.owner.update(dict.fromkeys(range(first, last + 1), s.id))
+            return
+        self.claim(np.arange(first, last + 1, dtype=np.int64), s)
 
     def claim(self, clusters: np.ndarray, s: Structure) -> None:
         """Claim clusters for one structure."""
@@ -139,7 +147,7 @@ class Layout:
             clusters, sids = clusters[first], sids[first]  # same role twice in one claim: sharing
         elif role in UNOWNED and self._claim_runs(clusters, steps, role):
             return
-        free = self.role[clusters] == Role.FREE
+        free = self.role[clusters] == FREE
         self.role[clusters[free]] = role
         if role not in UNOWNED:
             self.owner.update(zip(clusters[free].tolist(), sids[free].tolist(), strict=True))
@@ -159,14 +167,18 @@ class Layout:
         starts = np.concatenate(([0], breaks + 1)).tolist()
         ends = np.concatenate((breaks + 1, [clusters.size])).tolist()
         runs = [(int(clusters[a]), int(clusters[b - 1]) + 1) for a, b in zip(starts, ends, strict=True)]
-        if any((self.role[lo:hi] != Role.FREE).any() for lo, hi in runs):
+        if any(self.role[lo:hi].any() for lo, hi in runs):  # FREE is 0
             return False  # something is already there: the general path names the conflicts
         for lo, hi in runs:
             self.role[lo:hi] = role
         return True
 
     def free_clusters(self) -> np.ndarray:
-        return np.nonzero(self.role == Role.FREE)[0]
+        return self.clusters_with(Role.FREE)
+
+    def clusters_with(self, role: Role) -> np.ndarray:
+        """Indices of the clusters claimed in ``role``."""
+        return np.flatnonzero(self.role == int(role))  # an IntEnum would be compared as int64: 20x slower
 
 
 def build_layout(img: Image, *, journals: bool = True, graph: bool = False) -> Layout:
@@ -356,6 +368,10 @@ def _claim_batch(img: Image, lay: Layout, l2s: list[Structure], desc: np.ndarray
     if h.has_data_file:
         return
     cb, cs = h.cluster_bits, h.cluster_size
+    first = T.contiguous_rows(desc, cs)
+    if first is not None:
+        _claim_contiguous(lay, l2s, first, desc.shape[1])
+        return
     compressed = (desc & T.OFLAG_COMPRESSED) != 0
     data = desc & T.L2E_OFFSET_MASK
     valid = ~compressed & (data != 0) & (data % np.uint64(cs) == 0)
@@ -363,8 +379,7 @@ def _claim_batch(img: Image, lay: Layout, l2s: list[Structure], desc: np.ndarray
     if rows.size:
         data_ids = np.full(len(l2s), -1, dtype=np.int32)
         for r in rows.tolist():
-            data_ids[r] = lay.add(Role.DATA, 0, 0, l2s[r].owner, f"data of L2 table at 0x{l2s[r].offset:x}").id
-            lay.data_of_l2[l2s[r].offset] = int(data_ids[r])
+            data_ids[r] = _data_node(lay, l2s[r])
         lay.claim_many((data[valid] >> np.uint64(cb)).astype(np.int64), np.repeat(data_ids, valid.sum(axis=1)),
                        Role.DATA)
     for r in np.nonzero(compressed.any(axis=1))[0].tolist():
@@ -373,6 +388,29 @@ def _claim_batch(img: Image, lay: Layout, l2s: list[Structure], desc: np.ndarray
         s = lay.add(Role.COMPRESSED, int(start.min()), int((end - start).sum()), l2s[r].owner,
                     f"compressed data of L2 table at 0x{l2s[r].offset:x}", count=int(compressed[r].sum()))
         _claim_compressed(lay, start, end, s)
+
+
+def _data_node(lay: Layout, l2: Structure) -> int:
+    """The structure standing for the data of one L2 table (claimed in bulk, without extents)."""
+    sid = lay.add(Role.DATA, 0, 0, l2.owner, f"data of L2 table at 0x{l2.offset:x}").id
+    lay.data_of_l2[l2.offset] = sid
+    return sid
+
+
+def _claim_contiguous(lay: Layout, l2s: list[Structure], first: np.ndarray, n: int) -> None:
+    """_claim_batch for rows that are each one run of ``n`` contiguous data clusters from ``first``:
+    slices of the role array when the runs are in order, apart and free, as they are in a preallocated
+    image; otherwise the cluster by cluster claim, which names the conflicts."""
+    ids = [_data_node(lay, s) for s in l2s]
+    lo = ((first & T.L2E_OFFSET_MASK) >> np.uint64(lay.cluster_bits)).astype(np.int64)
+    starts = lo.tolist()
+    in_order = all(b >= a + n for a, b in zip(starts, starts[1:]))
+    if in_order and starts[-1] + n <= len(lay.role) and not any(lay.role[a:a + n].any() for a in starts):
+        for a in starts:
+            lay.role[a:a + n] = Role.DATA
+        return
+    clusters = (lo[:, None] + np.arange(n, dtype=np.int64)).ravel()
+    lay.claim_many(clusters, np.repeat(np.array(ids, dtype=np.int32), n), Role.DATA)
 
 
 def _claim_data(img: Image, lay: Layout, l2: Structure, l1_index: int) -> None:

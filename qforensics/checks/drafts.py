@@ -144,8 +144,10 @@ def check_journals(img: Image, layout: Layout) -> list[Finding]:
     """Every journal found by scanning: its clusters' entries, END entries, and what replay would miss."""
     out: list[Finding] = []
     cs = img.header.cluster_size
+    if not any(s.role == Role.JOURNAL for s in layout.structures):
+        return out  # no journal found: no need to scan the role of every cluster
     # the layout already scanned the free clusters for journals: re-read only the ones it found
-    for area in find_journals(img, np.flatnonzero(layout.role == Role.JOURNAL)):
+    for area in find_journals(img, layout.clusters_with(Role.JOURNAL)):
         raw = img.file.read(area.offset, cs).ljust(cs, b"\xff")
         stopped_at = None  # where replay stops (first NONE)
         for k in range(cs // JOURNAL_CLUSTER):

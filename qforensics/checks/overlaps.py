@@ -55,7 +55,8 @@ def _compressed_overlaps(layout: Layout, exact_ends: dict[int, int]) -> list[Fin
                                f"compressed stream 0x{int(a[0]):x}..0x{int(a[1]):x} overlaps the stream starting "
                                f"at 0x{int(b[0]):x}", "compressed data", int(b[0])))
     cb = layout.cluster_bits
-    meta = (layout.role != Role.FREE) & (layout.role != Role.COMPRESSED) & (layout.role != Role.DATA)
+    role = layout.role  # compared with plain ints: numpy widens an IntEnum operand to int64
+    meta = (role != int(Role.FREE)) & (role != int(Role.COMPRESSED)) & (role != int(Role.DATA))
     first = (pairs[:, 0] >> np.uint64(cb)).astype(np.int64)
     last = ((np.maximum(real_end, pairs[:, 0] + np.uint64(1)) - np.uint64(1)) >> np.uint64(cb)).astype(np.int64)
     for k in range(int((last - first).max(initial=0)) + 1):

@@ -26,7 +26,8 @@ from ..model.header import QCOW_MAX_L1_SIZE, QCOW_MAX_SNAPSHOTS, _table_offset_i
 MAX_FINDINGS_PER_CODE = 10_000
 MAX_RUNS = 256  # sorted references in at most this many contiguous runs are counted run by run
 BLOCK_CACHE = 32  # decoded refcount blocks kept for lookups out of order (lookups are grouped by block)
-COMPARE_CHUNK = 1 << 20  # clusters compared at a time
+COMPARE_CHUNK = 1 << 20  # clusters compared at a time (the unit in which findings are grouped)
+COMPARE_PIECE = 1 << 15  # within a chunk whose refcounts are all readable, clusters compared at a time
 L2_BITMAP_ALL_ALLOC = np.uint64(0xFFFFFFFF)
 # qcow2_get_cluster_type
 UNALLOCATED, NORMAL, COMPRESSED, ZERO_PLAIN, ZERO_ALLOC = range(5)
@@ -148,8 +149,8 @@ class _Run:
     def increment_range(self, lo: int, hi: int) -> None:
         """imrt[lo:hi] += 1 for a contiguous run, saturating as ``increment`` does."""
         seg = self.imrt[lo:hi]
-        full = seg == self.refcount_max
-        if full.any():
+        if seg.size and seg.max() == self.refcount_max:  # a reduction, no temporary: saturation is rare
+            full = seg == self.refcount_max
             for c in (np.nonzero(full)[0] + lo).tolist():
                 self.overflows[c] = self.overflows.get(c, 0) + 1
             seg[~full] += 1
@@ -193,6 +194,12 @@ class _Run:
             self._blocks.move_to_end(offset)
         return blk
 
+    def block_readable(self, rt_index: int) -> bool:
+        """Whether qemu can look up the refcounts of block ``rt_index`` (``block`` returns an array)."""
+        if rt_index >= self.reftable_entries or rt_index >= len(self.reftable):
+            return True
+        return int(self.reftable[rt_index] & T.REFT_OFFSET_MASK) % self.cs == 0
+
     def stored_range(self, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray | None]:
         """On-disk refcounts of clusters [lo, hi), and the mask of those qemu cannot read (None if all can)."""
         values = np.zeros(hi - lo, dtype=self.dtype)
@@ -206,6 +213,18 @@ class _Run:
             else:
                 values[a - lo:b - lo] = blk[a - r * self.per_block:b - r * self.per_block]
         return values, bad
+
+    def refcount_ones(self, lo: int, hi: int) -> int | None:
+        """How many clusters of [lo, hi) have an on-disk refcount of exactly 1; None if qemu cannot read
+        one of them. Blocks come from the cache: consecutive ranges share them."""
+        ones = 0
+        for r in range(lo // self.per_block, -(-hi // self.per_block)):
+            blk = self.block(r)
+            if blk is None:
+                return None
+            base = r * self.per_block
+            ones += int(np.count_nonzero(blk[max(lo, base) - base:min(hi, base + self.per_block) - base] == 1))
+        return ones
 
     def refcount_is_one(self, clusters: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Whether each cluster's on-disk refcount is exactly 1, and whether qemu cannot read it.
@@ -412,9 +431,41 @@ def _check_l1(run: _Run, l1_offset: int, l1_size: int, owner: str, frag: bool, o
     for offsets, desc, bitmap in run.img.l2_batches(l2_offsets.tolist()):
         if on_batch is not None:
             on_batch(offsets, desc)  # the host layout claims data from the same decoded tables
+        if bitmap is None and _contiguous_batch(run, offsets, desc, frag, active):
+            continue
         alloc, offs = _check_l2_batch(run, offsets, desc, bitmap, owner, frag)
         if active:
             _oflag_l2(run, offsets, desc, alloc, offs)
+
+
+def _contiguous_batch(run: _Run, offsets: list[int], desc: np.ndarray, frag: bool, active: bool) -> bool:
+    """The whole of check_refcounts_l2 and check_oflag_copied for a batch whose every table is one run of
+    contiguous normal clusters (``tables.contiguous_rows``), when no finding can come of it; False (and
+    nothing done) otherwise, for the general path to judge the batch.
+
+    No entry rule can fire on such rows and none is fragmented; each row adds one reference to a range
+    of clusters, and OFLAG_COPIED holds when the refcounts of the range are all 1 (flag set) or none
+    is (flag clear).
+    """
+    if run.img.header.has_data_file or 0 in offsets:
+        return False  # data file: no references counted; offset 0: qemu skips the L1 entry for OFLAG_COPIED
+    first = T.contiguous_rows(desc, run.cs)
+    if first is None:
+        return False
+    n = desc.shape[1]
+    lo = ((first & T.L2E_OFFSET_MASK) >> np.uint64(run.cb)).astype(np.int64).tolist()
+    if max(lo) + n > run.nb_clusters:
+        return False  # past the end of the file: inc_range names those references
+    if active:
+        copied = ((first & T.OFLAG_COPIED) != 0).tolist()
+        for a, c in zip(lo, copied, strict=True):
+            if run.refcount_ones(a, a + n) != (n if c else 0):
+                return False  # a mismatch (or an unreadable refcount) somewhere: the general path names it
+    if frag:
+        run.stats.allocated_clusters += desc.size
+    for a in lo:
+        run.increment_range(a, a + n)
+    return True
 
 
 def check_refcounts(img: Image, on_batch=None) -> tuple[list[Finding], Stats]:
@@ -529,7 +580,9 @@ def _check_bitmaps(run: _Run) -> None:
 
 def _check_refblocks(run: _Run) -> None:
     """check_refblocks (no repair)."""
-    for i, e in enumerate(run.reftable[: run.reftable_entries].tolist()):
+    entries = run.reftable[: run.reftable_entries]
+    for i in np.flatnonzero(entries).tolist():  # a zero entry is no block, and nothing to judge
+        e = int(entries[i])
         offset = e & int(T.REFT_OFFSET_MASK)
         cluster = offset >> run.cb
         where = "refcount table"
@@ -571,6 +624,9 @@ def _compare(run: _Run) -> None:
     highest = 0
     for lo in range(0, n, chunk):
         hi = min(n, lo + chunk)
+        if all(run.block_readable(r) for r in range(lo // run.per_block, -(-hi // run.per_block))):
+            highest = _compare_readable(run, lo, hi, highest)
+            continue
         stored, bad = run.stored_range(lo, hi)
         refs = run.imrt[lo:hi]
         readable = np.ones(hi - lo, dtype=bool) if bad is None else ~bad
@@ -585,6 +641,30 @@ def _compare(run: _Run) -> None:
         for i in (np.nonzero(readable & (stored != refs))[0] + lo).tolist():
             _mismatch(run, i, int(stored[i - lo]), int(refs[i - lo]))
     run.stats.image_end_offset = (highest + 1) * run.cs
+
+
+def _compare_readable(run: _Run, lo: int, hi: int, highest: int) -> int:
+    """_compare for clusters [lo, hi) whose refcounts qemu can all read, in small pieces (temporaries
+    malloc can reuse); returns the highest cluster in use so far."""
+    piece = max(run.per_block, COMPARE_PIECE // run.per_block * run.per_block)
+    last_used = None  # the last piece with a cluster in use: searched once, at the end
+    for a in range(lo, hi, piece):
+        b = min(hi, a + piece)
+        stored, _ = run.stored_range(a, b)
+        refs = run.imrt[a:b]
+        differ = stored != refs
+        if differ.any():
+            for k in np.flatnonzero(differ).tolist():
+                _mismatch(run, a + k, int(stored[k]), int(refs[k]))
+            if (stored | refs).any():
+                last_used = a, b
+        elif stored.any():
+            last_used = a, b
+    if last_used is None:
+        return highest
+    a, b = last_used
+    used = (run.stored_range(a, b)[0] | run.imrt[a:b]) != 0
+    return b - 1 - int(used[::-1].argmax())
 
 
 def _mismatch(run: _Run, i: int, s: int, r: int) -> None:

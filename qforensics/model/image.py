@@ -262,19 +262,24 @@ class Image:
         """
         h = self.header
         per_batch = max(1, max_entries // h.l2_entries)
+        cs = h.cluster_size
+        # one read buffer for every batch (the arrays yielded are copies): fresh pages cost page faults
+        buffer = np.empty(min(len(offsets), per_batch) * cs, dtype=np.uint8)
         for start in range(0, len(offsets), per_batch):
             chunk = offsets[start:start + per_batch]
-            cs = h.cluster_size
-            raw = bytearray(len(chunk) * cs)
+            raw = buffer[:len(chunk) * cs]
+            view = memoryview(raw)
             k = 0
             while k < len(chunk):  # tables that follow each other in the file are read in one go
                 run = 1
                 while k + run < len(chunk) and chunk[k + run] == chunk[k] + run * cs:
                     run += 1
                 data = self.file.read(chunk[k], run * cs)
-                raw[k * cs:k * cs + len(data)] = data
+                view[k * cs:k * cs + len(data)] = data
+                if len(data) < run * cs:
+                    raw[k * cs + len(data):(k + run) * cs] = 0  # past the end of the file
                 k += run
-            words = np.frombuffer(raw, dtype=">u8").astype(np.uint64).reshape(len(chunk), -1)
+            words = raw.view(">u8").astype(np.uint64).reshape(len(chunk), -1)
             if h.extended_l2:
                 yield chunk, words[:, 0::2], words[:, 1::2]
             else:

@@ -10,6 +10,8 @@ management", "Bitmap table"; block/qcow2.h masks.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 L1E_OFFSET_MASK = np.uint64(0x00FFFFFFFFFFFE00)
@@ -77,3 +79,54 @@ def refcount_block(raw: bytes, refcount_order: int) -> np.ndarray:
 def bitmap_table(raw: bytes) -> np.ndarray:
     """Bitmap table entries (spec "Bitmap table")."""
     return be_u64(raw)
+
+
+def _memo_last_batch(fn):
+    """Remember the answer for the last batch array (by identity, a reference kept so the identity
+    stays valid): the refcount walk and the host layout both ask about each batch, one after the other."""
+    last: list = [None, None, None]
+
+    @functools.wraps(fn)
+    def wrapper(desc: np.ndarray, cluster_size: int):
+        if last[0] is not desc or last[1] != cluster_size:
+            last[:] = desc, cluster_size, fn(desc, cluster_size)
+        return last[2]
+
+    return wrapper
+
+
+@_memo_last_batch
+def contiguous_rows(desc: np.ndarray, cluster_size: int) -> np.ndarray | None:
+    """For a batch of standard L2 tables (rows), the first descriptor of each row when every row is one
+    run of contiguous host clusters with the same flags and nothing unusual (compressed, zero flag,
+    reserved bits, unaligned or zero offset): entry k of a row is then ``first + k * cluster_size``.
+    None otherwise. Preallocated and sequentially written images are made of such rows.
+    """
+    if desc.ndim != 2 or desc.shape[1] == 0:
+        return None
+    first, last = desc[:, 0], desc[:, -1]
+    unusual = OFLAG_COMPRESSED | OFLAG_ZERO | L2E_STD_RESERVED_MASK | np.uint64((cluster_size - 1) & ~0x1FF)
+    # both ends checked: a carry out of the offset would set a reserved bit of the last entry
+    if ((first | last) & unusual).any() or not (first & L2E_OFFSET_MASK).all():
+        return None
+    step = np.uint64(cluster_size)
+    if not (last - first == step * np.uint64(desc.shape[1] - 1)).all():
+        return None  # cheap rejection of fragmented rows before the full comparison
+    if not all((np.diff(piece, axis=1) == step).all() for piece in _pieces(desc)):
+        return None
+    return first
+
+
+def _pieces(desc: np.ndarray, limit: int = 8192):
+    """Views of a batch of at most about ``limit`` entries, whole rows or parts of a row (overlapping
+    by one entry, for differences). Their temporaries stay small enough for malloc to reuse, where
+    batch-sized ones would be fresh pages (page faults) every time."""
+    rows, n = desc.shape
+    if n > limit:
+        for r in range(rows):
+            for c in range(0, n - 1, limit):
+                yield desc[r:r + 1, c:c + limit + 1]
+    else:
+        per = limit // n
+        for r in range(0, rows, per):
+            yield desc[r:r + per]
