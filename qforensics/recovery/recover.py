@@ -28,6 +28,7 @@ from ..layers.extent import Extent, Kind, Runs
 
 CHUNK = 4 << 20  # bytes read at a time
 WINDOW_GAP = 256 << 10  # host bytes between two runs still worth reading through in one window
+KERNEL_COPY = 256 << 10  # runs at least this long are copied with copy_file_range
 MAX_PENDING = 1 << 18  # data runs gathered before they are copied (24 bytes each, copied twice to sort)
 ZERO_BLOCK = 4096  # granularity of the sparse output (qemu-img convert's default -S 4k)
 _ZEROS = memoryview(bytes(CHUNK))  # sliced without copying
@@ -114,19 +115,35 @@ class Writer:
         if n <= ZERO_BLOCK:
             self._pwrite(offset, data)
             return
-        # write only the non-zero 4 KiB blocks, joined into runs
+        view = memoryview(data)
+        for lo, hi in self.nonzero_spans(data):  # only the non-zero 4 KiB blocks
+            self._pwrite(offset + lo, view[lo:hi])
+
+    def nonzero_spans(self, data) -> list[tuple[int, int]]:
+        """(start, end) of the runs of non-zero 4 KiB blocks of ``data`` (the last block may be short)."""
+        n = len(data)
         full = n // ZERO_BLOCK * ZERO_BLOCK
         words = np.frombuffer(data, dtype=np.uint64, count=full // 8)
         nz = np.flatnonzero((words.reshape(-1, ZERO_BLOCK // 8) != 0).any(axis=1))
-        if full < n and data[full:] != _ZEROS[:n - full]:
+        if full < n and data[full:n] != _ZEROS[:n - full]:
             nz = np.append(nz, full // ZERO_BLOCK)
         if not len(nz):
-            return
+            return []
         brk = np.flatnonzero(np.diff(nz) != 1) + 1
-        view = memoryview(data)
-        for run in np.split(nz, brk):
-            lo, hi = int(run[0]) * ZERO_BLOCK, min(n, (int(run[-1]) + 1) * ZERO_BLOCK)
-            self._pwrite(offset + lo, view[lo:hi])
+        return [(int(r[0]) * ZERO_BLOCK, min(n, (int(r[-1]) + 1) * ZERO_BLOCK)) for r in np.split(nz, brk)]
+
+    def copy_from(self, file, host: int, length: int, offset: int) -> None:
+        """Copy a data run of ``file`` in the kernel, skipping its zero blocks (seen through a read-only map)."""
+        m, at = file.mapped(host, length)
+        try:
+            view = memoryview(m)[at:at + length]
+            spans = self.nonzero_spans(view)
+            view.release()
+        finally:
+            m.close()
+        for lo, hi in spans:
+            file.copy_to(self.fd, host + lo, hi - lo, offset + lo)
+            self.written += hi - lo
 
     def _pwrite(self, offset: int, data) -> None:
         view = memoryview(data)
@@ -252,8 +269,15 @@ def copy_rows(owner, host: np.ndarray, length: np.ndarray, guest: np.ndarray, wr
 
     n = len(host)
     i = 0
+    plain = owner.cipher is None
     while i < n:
         lo = int(host[i])
+        if plain and int(length[i]) >= KERNEL_COPY:  # large: copied in the kernel, zero blocks skipped
+            g, m = int(guest[i]), int(length[i])
+            for at in range(0, m, CHUNK):
+                writer.copy_from(file, lo + at, min(CHUNK, m - at), g + at)
+            i += 1
+            continue
         if int(length[i]) > CHUNK:  # one long run, in pieces
             g, m = int(guest[i]), int(length[i])
             for at in range(0, m, CHUNK):
