@@ -116,9 +116,11 @@ def _guest_view(img, args: argparse.Namespace, opened: list, cipher=None):
 
 
 def _cmd_map(args: argparse.Namespace) -> int:
-    from .recovery.map import guest_map, render_human as render_map, render_json as render_map_json
+    from .recovery.map import guest_map, human_lines, json_lines
 
     opened: list = []
+    unreadable: list = []  # the first 20, then only counted
+    count = 0
     try:
         with Image(args.image) as img:
             refusals = img.open_refusals
@@ -127,23 +129,31 @@ def _cmd_map(args: argparse.Namespace) -> int:
                     print(f"qforensics: {args.image}: {f.one_line()} (qemu: {f.qemu_message})", file=sys.stderr)
                 return EXIT_FAILED
             layer = _guest_view(img, args, opened)
-            entries = list(guest_map(layer))
-            names = []
-            at = layer
+            names, at = [], layer
             while at is not None:
                 names.append(at.name)
                 at = at.backing
+
+            def noted(entries):
+                nonlocal count
+                for e in entries:
+                    if e.unreadable:
+                        count += 1
+                        if len(unreadable) < 20:
+                            unreadable.append(e)
+                    yield e
+
+            entries = noted(guest_map(layer))
+            lines = json_lines(entries) if args.output == "json" else human_lines(entries, names)
+            sys.stdout.writelines(lines)
     finally:
         for f in opened:
             f.close()
-    if args.output == "json":
-        sys.stdout.write(render_map_json(entries))
-    else:
-        sys.stdout.write(render_map(entries, names))
-    unreadable = [e for e in entries if e.unreadable]
-    for e in unreadable[:20]:
+    for e in unreadable:
         print(f"qforensics: {args.image}: guest 0x{e.start:x}+0x{e.length:x}: {e.unreadable}", file=sys.stderr)
-    return EXIT_FAILED if unreadable else EXIT_OK
+    if count > len(unreadable):
+        print(f"qforensics: {args.image}: {count - len(unreadable)} more unreadable ranges", file=sys.stderr)
+    return EXIT_FAILED if count else EXIT_OK
 
 
 def _read_passphrase(path: str | None) -> bytes | None:

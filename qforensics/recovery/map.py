@@ -167,10 +167,12 @@ def guest_map(layer) -> Iterator[MapEntry]:
             yield MapEntry(s, n, d, p, z, a, o if o >= 0 else None, rows.reasons.get(i))
 
 
-def render_json(entries: Iterable[MapEntry]) -> str:
-    """The text `qemu-img map --output=json` prints, byte for byte (plus "unreadable" where QEMU stops)."""
+def json_lines(entries: Iterable[MapEntry]) -> Iterator[str]:
+    """The text `qemu-img map --output=json` prints, byte for byte, in pieces (plus "unreadable" where
+    QEMU stops)."""
     t = {True: "true", False: "false"}
-    lines = []
+    first = True
+    yield "["
     for e in entries:
         line = (f'{{ "start": {e.start}, "length": {e.length}, "depth": {e.depth}, "present": {t[e.present]}, '
                 f'"zero": {t[e.zero]}, "data": {t[e.data]}')
@@ -178,13 +180,18 @@ def render_json(entries: Iterable[MapEntry]) -> str:
             line += f', "offset": {e.offset}'
         if e.unreadable:
             line += f', "unreadable": {json.dumps(e.unreadable)}'
-        lines.append(line + "}")
-    return "[" + ",\n".join(lines) + "]\n"
+        yield line + "}" if first else ",\n" + line + "}"
+        first = False
+    yield "]\n"
 
 
-def render_human(entries: Iterable[MapEntry], names: list[str]) -> str:
+def render_json(entries: Iterable[MapEntry]) -> str:
+    return "".join(json_lines(entries))
+
+
+def human_lines(entries: Iterable[MapEntry], names: list[str]) -> Iterator[str]:
     """A table of every run: guest range, the layer that provides it, what it is, where it lies."""
-    rows = [f"{'Offset':<18}{'Length':<18}{'Depth':<7}{'Reads':<12}{'Mapped to':<18}File"]
+    yield f"{'Offset':<18}{'Length':<18}{'Depth':<7}{'Reads':<12}{'Mapped to':<18}File\n"
     for e in entries:
         if e.unreadable:
             what = "UNREADABLE"
@@ -198,7 +205,10 @@ def render_human(entries: Iterable[MapEntry], names: list[str]) -> str:
             what = "unallocated"
         where = f"0x{e.offset:x}" if e.offset is not None else ("-" if not e.data else "(no raw offset)")
         name = names[e.depth] if e.depth < len(names) else ""
-        rows.append(f"0x{e.start:<16x}0x{e.length:<16x}{e.depth:<7}{what:<12}{where:<18}{name}")
+        yield f"0x{e.start:<16x}0x{e.length:<16x}{e.depth:<7}{what:<12}{where:<18}{name}\n"
         if e.unreadable:
-            rows.append(f"    {e.unreadable}")
-    return "\n".join(rows) + "\n"
+            yield f"    {e.unreadable}\n"
+
+
+def render_human(entries: Iterable[MapEntry], names: list[str]) -> str:
+    return "".join(human_lines(entries, names))
