@@ -18,10 +18,13 @@ import hashlib
 import io
 import os
 import re
+import struct
+import sys
 from pathlib import Path
 
 import pytest
 from conftest import CASES, image_path, run_qforensics
+from fuzz.mutate import cached_survey
 
 from qforensics import cli
 from qforensics.errors import UsageError
@@ -286,3 +289,81 @@ def test_safe_component_never_collides():
     names = list(dict.fromkeys(names))
     outs = [safe_component(n) for n in names]
     assert len(set(outs)) == len(outs), [(n, o) for n, o in zip(names, outs) if outs.count(o) > 1]
+
+
+# -- names written in the image are never opened without consent ------------------------------------------
+
+OPENED: list[str] | None = None
+
+
+def _audit(event: str, args: tuple) -> None:
+    if OPENED is not None and event == "open" and isinstance(args[0], (str, bytes, os.PathLike)):
+        OPENED.append(os.fsdecode(args[0]))
+
+
+sys.addaudithook(_audit)
+
+HOSTILE_TARGETS = ["../../etc/passwd", "/etc/passwd", "../outside/secret.qcow2", "{outside}/secret.qcow2",
+                   "mid.qcow2", "{folder}/mid.qcow2"]
+
+
+def _with_backing_name(data: bytes, name: bytes) -> bytes:
+    b = bytearray(data)
+    offset = struct.unpack_from(">Q", b, 8)[0]
+    b[offset:offset + 1024] = name.ljust(1024, b"\0")
+    struct.pack_into(">I", b, 16, len(name))
+    return bytes(b)
+
+
+def _with_data_file_name(data: bytes, name: bytes) -> bytes:
+    """The external data file name extension rewritten in place (the name fits its 8-byte-padded room)."""
+    b = bytearray(data)
+    field = next(f for f in cached_survey(data).fields if f.what == "extension magic" and
+                 struct.unpack_from(">I", data, f.pos)[0] == 0x44415441)
+    room = (struct.unpack_from(">I", data, field.pos + 4)[0] + 7) & ~7
+    assert len(name) <= room, (name, room)
+    struct.pack_into(">I", b, field.pos + 4, len(name))
+    b[field.pos + 8:field.pos + 8 + room] = name.ljust(room, b"\0")
+    return bytes(b)
+
+
+@pytest.mark.parametrize("kind", ["backing", "data file"])
+@pytest.mark.parametrize("target", HOSTILE_TARGETS)
+def test_names_in_the_image_are_never_opened(corpus, tmp_path, kind, target):
+    """Without --backing-dir (and these commands have none), no file the image names is opened: not
+    /etc/passwd, not a file beside the case, not even the legitimate layer next to the image."""
+    global OPENED
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret.qcow2").write_bytes(image_path(corpus, "v3_default").read_bytes())
+    folder = tmp_path / "case"
+    folder.mkdir()
+    for f in ("mid.qcow2", "base.qcow2"):
+        (folder / f).write_bytes((image_path(corpus, "backing_chain").parent / f).read_bytes())
+    name = target.format(outside=outside, folder=folder)
+    if kind == "backing":
+        data = _with_backing_name(image_path(corpus, "backing_chain").read_bytes(), name.encode())
+    else:
+        if len(name) > 16:
+            pytest.skip("the data file name extension of the corpus image has room for 16 bytes")
+        data = _with_data_file_name(image_path(corpus, "data_file").read_bytes(), name.encode())
+    image = folder / "top.qcow2"
+    image.write_bytes(data)
+    forbidden = {str(Path(p).resolve()) for p in ("/etc/passwd", outside / "secret.qcow2", folder / "mid.qcow2",
+                                                  folder / "base.qcow2")}
+    out = tmp_path / "out"
+    out.mkdir()
+    before = fingerprint(folder)
+    OPENED = []
+    try:
+        for command, argv in COMMANDS.items():
+            _, stdout, err = run_cli(*argv(str(image), out))
+            assert "internal error" not in err, (command, err)
+            if command == "info":
+                assert name in stdout.encode("unicode_escape").decode() or name in stdout, stdout[:2000]
+        opened = {str(Path(p).resolve()) for p in OPENED}
+    finally:
+        OPENED = None
+    assert str(image.resolve()) in opened  # the audit hook sees the opens
+    assert not opened & forbidden, opened & forbidden
+    assert fingerprint(folder) == before

@@ -435,12 +435,6 @@ def cached_survey(data: bytes) -> Survey:
     return survey(data)
 
 
-def targets(data: bytes) -> list[tuple[str, int, int]]:
-    """(what, offset, length) of the structures worth mutating, read from the raw bytes."""
-    s = cached_survey(data)
-    return [(w, o, n) for w, o, n in s.regions] + [(f.what, f.pos, f.width) for f in s.fields]
-
-
 # ---------------------------------------------------------------------------------------------- operators
 
 
@@ -639,6 +633,9 @@ KNOWN_ISSUES = {
 TOLERATED: set[str] = set(KNOWN_ISSUES)
 
 
+OUTPUT_LIMIT = 64 << 20  # what a command may print, or write to one file, for an image of the corpus's sizes
+
+
 def _cli(*argv: str) -> int:
     """One command as the CLI runs it, without its last-resort handler: a bug raises here."""
     from qforensics.cli import build_parser
@@ -647,9 +644,16 @@ def _cli(*argv: str) -> int:
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         code = args.func(args)
+    size = out.tell() + err.tell()
+    assert size <= OUTPUT_LIMIT, f"{argv[0]} printed {size} bytes"  # output amplification
     if "json" in argv:
         json.loads(out.getvalue())
     return code
+
+
+def _written(path: Path) -> None:
+    size = path.stat().st_size
+    assert 0 < size <= OUTPUT_LIMIT, f"{path.name}: {size} bytes written"
 
 
 def run_info(path: Path, tmpdir: Path) -> None:
@@ -666,6 +670,8 @@ def run_graph(path: Path, tmpdir: Path) -> None:
     graphml, node_link = tmpdir / "graph.graphml", tmpdir / "graph.json"
     _cli("graph", str(path), "-o", str(graphml))
     _cli("graph", str(path), "-o", str(node_link), "--output", "json")
+    _written(graphml)
+    _written(node_link)
     if "graphml-control-characters" not in TOLERATED:
         ET.parse(graphml)  # well-formed XML whatever the image's names hold
     json.loads(node_link.read_text())
@@ -674,7 +680,7 @@ def run_graph(path: Path, tmpdir: Path) -> None:
 def run_report(path: Path, tmpdir: Path) -> None:
     out = tmpdir / "report.html"
     _cli("report", str(path), "-o", str(out))
-    assert out.stat().st_size > 0
+    _written(out)
 
 
 # name -> function(path, tmpdir); raises only for a bug. map and recover are added here as entries.
