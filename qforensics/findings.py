@@ -41,6 +41,7 @@ class Finding:
     qemu_io_only: bool = False  # qemu refuses only a full open (check, convert, qemu-io), not `qemu-img info`
     qemu_check: str | None = None  # the line `qemu-img check` prints for the same fault
     qemu_counts: str | None = None  # the qemu-img check counter it adds to: corruptions, leaks, check-errors
+    repeat: int = 1  # faults it stands for: a ".more" summary stands for those past the listing cap
 
     @property
     def refused_by_qemu(self) -> bool:

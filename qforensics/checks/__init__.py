@@ -35,7 +35,7 @@ class CheckReport:
     refusals: list[Finding] = field(default_factory=list)
 
     def count(self, counter: str) -> int:
-        return sum(1 for f in self.findings if f.qemu_counts == counter)
+        return sum(f.repeat for f in self.findings if f.qemu_counts == counter)
 
     @property
     def exit_code(self) -> int:

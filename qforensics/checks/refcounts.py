@@ -50,7 +50,7 @@ class _Run:
     findings: list[Finding] = field(default_factory=list)
     stats: Stats = field(default_factory=Stats)
     per_code: dict[str, int] = field(default_factory=dict)
-    dropped: dict[str, int] = field(default_factory=dict)
+    dropped: dict[tuple[str, str | None], int] = field(default_factory=dict)  # (code, counter) -> unlisted
     qemu_stopped: bool = False  # past the point where qemu-img check gives up: our findings only
 
     def __post_init__(self) -> None:
@@ -79,11 +79,12 @@ class _Run:
             qemu_check: str | None, counts: str | None = "corruptions", guest_offset: int | None = None) -> None:
         n = self.per_code.get(code, 0)
         self.per_code[code] = n + 1
-        if n >= MAX_FINDINGS_PER_CODE:
-            self.dropped[code] = self.dropped.get(code, 0) + 1
-            return
         if self.qemu_stopped:
             qemu_check = counts = None
+        if n >= MAX_FINDINGS_PER_CODE:
+            key = (code, counts)  # the summary still adds to qemu's counter, so it stays exact
+            self.dropped[key] = self.dropped.get(key, 0) + 1
+            return
         self.findings.append(Finding(code, severity, message, structure, host_offset, guest_offset,
                                      qemu_check=qemu_check, qemu_counts=counts))
 
@@ -516,9 +517,9 @@ def check_refcounts(img: Image, on_batch=None) -> tuple[list[Finding], Stats]:
     _compare(run)
     run.qemu_stopped = True
     _refcounts_past_eof(run)
-    for code, n in run.dropped.items():
+    for (code, counts), n in run.dropped.items():
         run.findings.append(Finding(code + ".more", Severity.INFO, f"{n} more findings of {code} not listed",
-                                    "report", None))
+                                    "report", None, qemu_counts=counts, repeat=n))
     return run.findings, run.stats
 
 
