@@ -633,7 +633,7 @@ KNOWN_ISSUES = {
 TOLERATED: set[str] = set(KNOWN_ISSUES)
 
 
-OUTPUT_LIMIT = 64 << 20  # what a command may print, or write to one file, for an image of the corpus's sizes
+OUTPUT_LIMIT = 256 << 20  # what a command may print, or write to one file, for images of up to 100 MB
 
 
 def _cli(*argv: str) -> int:
