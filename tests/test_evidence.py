@@ -4,8 +4,8 @@ Every command of COMMANDS runs on every qcow2 file of every corpus case; the
 SHA-256, size, mode, mtime and ctime of every file of the case (backing
 layers, data files) must be the same afterwards, and nothing may appear in
 the case's folder. Commands that write a file are listed in WRITERS and must
-refuse an output that is the input under any name. map and recover are added
-to the two lists when they exist.
+refuse an output that is the input under any name. map and recover are in
+both lists (recover opens backing files only with --allow-image-dir, inside the case's folder).
 
 The helpers of qforensics/paths.py (what backing/data-file opening and
 carving call) are tested against hostile names.
@@ -36,13 +36,21 @@ COMMANDS = {
     "check": lambda image, out: ["check", image],
     "graph": lambda image, out: ["graph", image, "-o", str(out / "graph.graphml")],
     "report": lambda image, out: ["report", image, "-o", str(out / "report.html")],
+    "map": lambda image, out: ["map", "--force", "--allow-image-dir", image],
+    "recover": lambda image, out: ["recover", image, "-o", str(out / "out.raw"), "--allow-image-dir", "--quiet",
+                                   "--log", str(out / "log.json"), "--carve-dir", str(out / "carved"),
+                                   "--passphrase-file", str(PASSPHRASE)],
 }
 # name -> argv writing to ``target`` (which must never replace the image); the suffix the command wants
 WRITERS = {
     "graph": (lambda image, target: ["graph", image, "-o", target], ".graphml"),
     "report": (lambda image, target: ["report", image, "-o", target], ".html"),
     "check-html": (lambda image, target: ["check", image, "--html", target], ".html"),
+    "recover": (lambda image, target: ["recover", image, "-o", target, "--quiet"], ".raw"),
+    "recover-log": (lambda image, target: ["recover", image, "-o", target + ".raw", "--log", target, "--quiet"],
+                    ".json"),
 }
+PASSPHRASE = Path(__file__).parent / "corpus" / "passphrase.txt"  # the corpus images' (qforensics-test-pass)
 
 
 def fingerprint(folder: Path) -> dict[str, tuple]:
@@ -327,12 +335,14 @@ def _with_data_file_name(data: bytes, name: bytes) -> bytes:
     return bytes(b)
 
 
-@pytest.mark.parametrize("kind", ["backing", "data file"])
-@pytest.mark.parametrize("target", HOSTILE_TARGETS)
-def test_names_in_the_image_are_never_opened(corpus, tmp_path, kind, target):
-    """Without --backing-dir (and these commands have none), no file the image names is opened: not
-    /etc/passwd, not a file beside the case, not even the legitimate layer next to the image."""
-    global OPENED
+# the commands with no consent given: map and recover must then open nothing the image names either
+WITHOUT_CONSENT = {**COMMANDS, "map": lambda image, out: ["map", "--force", image],
+                   "recover": lambda image, out: ["recover", image, "-o", str(out / "out.raw"), "--quiet"]}
+
+
+def _hostile_case(corpus, tmp_path, kind, target):
+    """A top image naming ``target`` as its backing or data file, the legitimate layers beside it, and a
+    secret outside its folder; returns (image, folder, name, out)."""
     outside = tmp_path / "outside"
     outside.mkdir()
     (outside / "secret.qcow2").write_bytes(image_path(corpus, "v3_default").read_bytes())
@@ -349,14 +359,24 @@ def test_names_in_the_image_are_never_opened(corpus, tmp_path, kind, target):
         data = _with_data_file_name(image_path(corpus, "data_file").read_bytes(), name.encode())
     image = folder / "top.qcow2"
     image.write_bytes(data)
-    forbidden = {str(Path(p).resolve()) for p in ("/etc/passwd", outside / "secret.qcow2", folder / "mid.qcow2",
-                                                  folder / "base.qcow2")}
     out = tmp_path / "out"
     out.mkdir()
+    return image, folder, name, out, outside
+
+
+@pytest.mark.parametrize("kind", ["backing", "data file"])
+@pytest.mark.parametrize("target", HOSTILE_TARGETS)
+def test_names_in_the_image_are_never_opened(corpus, tmp_path, kind, target):
+    """Without --backing-dir or --allow-image-dir, no file the image names is opened: not /etc/passwd, not
+    a file beside the case, not even the legitimate layer next to the image."""
+    global OPENED
+    image, folder, name, out, outside = _hostile_case(corpus, tmp_path, kind, target)
+    forbidden = {str(Path(p).resolve()) for p in ("/etc/passwd", outside / "secret.qcow2", folder / "mid.qcow2",
+                                                  folder / "base.qcow2")}
     before = fingerprint(folder)
     OPENED = []
     try:
-        for command, argv in COMMANDS.items():
+        for command, argv in WITHOUT_CONSENT.items():
             _, stdout, err = run_cli(*argv(str(image), out))
             assert "internal error" not in err, (command, err)
             if command == "info":
@@ -365,5 +385,33 @@ def test_names_in_the_image_are_never_opened(corpus, tmp_path, kind, target):
     finally:
         OPENED = None
     assert str(image.resolve()) in opened  # the audit hook sees the opens
+    assert not opened & forbidden, opened & forbidden
+    assert fingerprint(folder) == before
+
+
+@pytest.mark.parametrize("kind", ["backing", "data file"])
+@pytest.mark.parametrize("target", HOSTILE_TARGETS)
+def test_consent_opens_only_inside_the_folder(corpus, tmp_path, kind, target):
+    """With --backing-dir, map and recover open the layer the image names inside that folder and nothing
+    outside it, whatever the name says; a name leading out is a one-line error."""
+    global OPENED
+    image, folder, name, out, outside = _hostile_case(corpus, tmp_path, kind, target)
+    if kind == "data file" and len(name) > 16:
+        pytest.skip("the data file name extension of the corpus image has room for 16 bytes")
+    forbidden = {str(Path(p).resolve()) for p in ("/etc/passwd", outside / "secret.qcow2")}
+    before = fingerprint(folder)
+    OPENED = []
+    try:
+        for argv in (["map", "--force", "--backing-dir", str(folder), str(image)],
+                     ["recover", str(image), "-o", str(out / "o.raw"), "--quiet", "--backing-dir", str(folder)]):
+            code, _, err = run_cli(*argv)
+            assert "internal error" not in err and "Traceback" not in err, err
+            inside = not target.startswith(("../", "/etc")) and "outside" not in target
+            assert (code in (0, 2)) if inside and kind == "backing" else code in (0, 1, 2), (argv, code, err)
+            if not inside:
+                assert code == 1 and len(err.strip().splitlines()) == 1, err
+        opened = {str(Path(p).resolve()) for p in OPENED}
+    finally:
+        OPENED = None
     assert not opened & forbidden, opened & forbidden
     assert fingerprint(folder) == before

@@ -51,6 +51,9 @@ COMMANDS = {
     "check": (lambda image, out: ["check", "--output", "json", image], {0, 1, 2, 3}),
     "graph": (lambda image, out: ["graph", image, "-o", str(out / "graph.graphml")], {0, 1}),
     "report": (lambda image, out: ["report", image, "-o", str(out / "report.html")], {0, 1}),
+    "map": (lambda image, out: ["map", "--force", "--output", "json", image], {0, 1}),
+    "recover": (lambda image, out: ["recover", image, "-o", str(out / "out.raw"), "--quiet",
+                                    "--log", str(out / "log.json")], {0, 1, 2}),
 }
 
 

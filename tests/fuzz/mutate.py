@@ -683,12 +683,33 @@ def run_report(path: Path, tmpdir: Path) -> None:
     _written(out)
 
 
-# name -> function(path, tmpdir); raises only for a bug. map and recover are added here as entries.
+def run_map(path: Path, tmpdir: Path) -> None:
+    for output in ("human", "json"):
+        code = _cli("map", "--force", "--output", output, str(path))
+        assert code in (0, 1), code
+
+
+def run_recover(path: Path, tmpdir: Path) -> None:
+    """The sparse output may be as large as the virtual size claims; what it allocates is bounded."""
+    out, log = tmpdir / "out.raw", tmpdir / "log.json"
+    code = _cli("recover", str(path), "-o", str(out), "--log", str(log), "--quiet", "--carve-dir",
+                str(tmpdir / "carved"), "--passphrase-file", str(Path(__file__).parent.parent / "corpus" /
+                                                                "passphrase.txt"))
+    assert code in (0, 2), code
+    assert out.stat().st_blocks * 512 <= OUTPUT_LIMIT, f"recover allocated {out.stat().st_blocks * 512} bytes"
+    _written(log)
+    json.loads(log.read_text())
+    out.unlink()
+
+
+# name -> function(path, tmpdir); raises only for a bug
 EXERCISES: dict[str, Callable[[Path, Path], None]] = {
     "info": run_info,
     "check": run_check,
     "graph": run_graph,
     "report": run_report,
+    "map": run_map,
+    "recover": run_recover,
 }
 
 
