@@ -24,15 +24,18 @@ from .extent import Extent, Kind, Runs
 from .file import FileLayer
 
 BATCH_UNITS = 1 << 18  # units classified at a time
+MAX_EACH = 16  # bad L1 entries in a row reported one by one; a longer stretch is one run
 ALL_ALLOC = np.uint64(0xFFFFFFFF)
 
 
 def classify(desc: np.ndarray, bitmap: np.ndarray | None, *, cluster_bits: int, v3: bool,
-             has_data_file: bool, guest_cluster: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+             has_data_file: bool, guest_cluster: np.ndarray, file_size: int | None = None,
+             ) -> tuple[np.ndarray, np.ndarray]:
     """Kind and host offset of every unit (QEMU's qcow2_get_subcluster_type, and its read-time checks).
 
     ``desc`` holds L2 descriptors, ``bitmap`` the extended-L2 bitmaps (None for standard entries) and
-    ``guest_cluster`` the guest cluster number of each entry. Returns arrays of len(desc) * units: the kind
+    ``guest_cluster`` the guest cluster number of each entry. A compressed cluster starting past
+    ``file_size`` is refused (QEMU's read of it fails). Returns arrays of len(desc) * units: the kind
     (uint8, Kind values) and the host offset of each unit (-1 where it has none).
     """
     cs = 1 << cluster_bits
@@ -42,6 +45,8 @@ def classify(desc: np.ndarray, bitmap: np.ndarray | None, *, cluster_bits: int, 
     bad = ~compressed & normal & ((off & np.uint64(cs - 1)) != 0)
     if has_data_file:
         bad |= compressed | (normal & (off != guest_cluster.astype(np.uint64) << np.uint64(cluster_bits)))
+    if file_size is not None:
+        bad |= compressed & (T.compressed_fields(desc, cluster_bits)[0] >= np.uint64(file_size))
     host = off.astype(np.int64)
     if bitmap is None:
         zero = ~compressed & ((desc & T.OFLAG_ZERO) != 0)
@@ -77,15 +82,14 @@ def classify(desc: np.ndarray, bitmap: np.ndarray | None, *, cluster_bits: int, 
 def run_starts(kind: np.ndarray, host: np.ndarray, unit: int, units_per_cluster: int,
                units_per_table: int = 0) -> np.ndarray:
     """Indices where a new run begins: the kind changes, host offsets stop being contiguous, a
-    compressed or invalid cluster begins (each is read, or refused, on its own), or (when
-    ``units_per_table``) a new L2 table begins."""
+    compressed cluster begins (each is inflated on its own), or (when ``units_per_table``) a new L2 table
+    begins. Refused entries in a row make one run, named by the first."""
     n = len(kind)
     brk = np.ones(n, dtype=bool)
     if n > 1:
         brk[1:] = (kind[1:] != kind[:-1]) | ((host[1:] >= 0) & (host[1:] != host[:-1] + unit))
-        own = (kind == Kind.COMPRESSED) | (kind == Kind.INVALID)
         cluster_start = (np.arange(n) % units_per_cluster) == 0
-        brk |= own & cluster_start
+        brk |= (kind == Kind.COMPRESSED) & cluster_start
         if units_per_table:
             brk[::units_per_table] = True
     return np.flatnonzero(brk)
@@ -241,6 +245,12 @@ class Qcow2Layer:
                                              reason=self.lost[first + k])).clip(start, end)
                     pos = k + 1
                 continue
+            if j - i > MAX_EACH:  # a long stretch of bad entries (a hostile L1): one run, one reason
+                what = {2: "unaligned", 3: "past the end of the file", 4: "already used by an earlier entry"}[st]
+                yield Runs.of(Extent((first + i) * self.span, (j - i) * self.span, Kind.INVALID,
+                                     reason=f"L1 entries 0x{first + i:x}-0x{first + j - 1:x} point at L2 tables "
+                                            f"{what}")).clip(start, end)
+                continue
             for k in range(i, j):
                 off, base = int(l2_offsets[k]), (first + k) * self.span
                 if st == 2:
@@ -263,7 +273,7 @@ class Qcow2Layer:
         bitmap = bitmap.reshape(-1) if bitmap is not None else None
         guest_cluster = np.arange(len(desc), dtype=np.int64) + l1_index * self.l2_entries
         kind, host = classify(desc, bitmap, cluster_bits=self.cb, v3=self.v3, has_data_file=self.has_data_file,
-                              guest_cluster=guest_cluster)
+                              guest_cluster=guest_cluster, file_size=self.img.file.size)
         base = l1_index * self.span
         starts = run_starts(kind, host, self.unit, self.units, self.l2_entries * self.units if self.labels else 0)
         lengths = np.diff(np.append(starts, len(kind))) * self.unit
@@ -274,6 +284,9 @@ class Qcow2Layer:
             c = int(starts[row]) // self.units
             reasons[row] = self._invalid_reason(offsets[c // self.l2_entries], c % self.l2_entries, int(desc[c]),
                                                 base + c * self.cs)
+            more = int(lengths[row]) // self.cs - 1
+            if more > 0:
+                reasons[row] += f", and the {more} entries after it"
         return Runs(base + starts * self.unit, lengths, rk, host[starts], entries, reasons)
 
     def _invalid_reason(self, table: int, index: int, entry: int, guest: int) -> str:
@@ -281,6 +294,9 @@ class Qcow2Layer:
         where = f"(L2 offset: 0x{table:x}, L2 index: 0x{index:x})"
         off = entry & int(T.L2E_OFFSET_MASK)
         if entry & int(T.OFLAG_COMPRESSED):
+            if not self.has_data_file:
+                coff = int(T.compressed_fields(np.array([entry], dtype=np.uint64), self.cb)[0][0])
+                return f"compressed cluster at 0x{coff:x} lies past the end of the file {where}"
             return f"Compressed cluster entry found in image with external data file {where}"
         if self.units == 1 and not self.v3 and entry & 1:
             return f"Zero cluster entry found in pre-v3 image {where}"
