@@ -24,6 +24,7 @@ from .extent import Extent, Kind, Runs
 from .file import FileLayer
 
 BATCH_UNITS = 1 << 18  # units classified at a time
+MAX_GUEST = 1 << 62  # guest bytes looked at: a hostile size beyond this fits no file system anyway
 MAX_EACH = 16  # bad L1 entries in a row reported one by one; a longer stretch is one run
 ALL_ALLOC = np.uint64(0xFFFFFFFF)
 
@@ -133,6 +134,7 @@ class Qcow2Layer:
         else:
             l1_offset, l1_size = snapshot.l1_table_offset, snapshot.l1_size
             self.size = snapshot.disk_size if snapshot.disk_size is not None else h.size
+        self.size = min(self.size, MAX_GUEST)
         self.l1_offset = l1_offset
         if l1 is not None:  # an L1 rebuilt from other evidence (recovery/scan.py)
             self.l1 = l1
@@ -207,6 +209,16 @@ class Qcow2Layer:
         """The same runs in numpy batches (the form map and recover use)."""
         end = min(end, self.size)
         if start >= end:
+            return
+        if isinstance(self.l1, Unreadable):
+            yield Runs.of(Extent(start, end - start, Kind.INVALID,
+                                 reason=f"L1 table at 0x{self.l1_offset:x} is unreadable: {self.l1.reason}"))
+            return
+        covered = len(self.l1) * self.span  # past the L1's last entry everything is unallocated (as QEMU reads)
+        if end > covered:
+            if start < covered:
+                yield from self.runs(start, covered)
+            yield Runs.of(Extent(max(start, covered), end - max(start, covered), Kind.UNALLOCATED))
             return
         first, last = start // self.span, (end - 1) // self.span
         l2_offsets, l1_reason = self._l1_window(first, last)
