@@ -18,6 +18,7 @@ from functools import cached_property
 
 import numpy as np
 
+from ..errors import ImageOpenError
 from ..model import Image, Unreadable
 from ..model import tables as T
 from .extent import Extent, Kind, Runs
@@ -122,6 +123,9 @@ class Qcow2Layer:
                  cipher=None, name: str | None = None, l1: np.ndarray | None = None,
                  labels: dict[int, str] | None = None, lost: dict[int, str] | None = None):
         h = img.header
+        if not img.geometry_ok:
+            raise ImageOpenError(f"cluster_bits {h.cluster_bits} is unusable (QEMU takes 9 to 21): no table can be "
+                                 "located", structure="qcow2 header", offset=20)
         self.img = img
         self.name = name or str(img.path)
         self.cb, self.cs = h.cluster_bits, h.cluster_size
@@ -139,7 +143,7 @@ class Qcow2Layer:
         if l1 is not None:  # an L1 rebuilt from other evidence (recovery/scan.py)
             self.l1 = l1
         else:
-            self.l1 = img.l1_table(l1_offset, l1_size) if img.geometry_ok else Unreadable("cluster size unusable")
+            self.l1 = img.l1_table(l1_offset, l1_size)
         self.first_user = self._first_users()
         self.labels = labels or {}  # L1 index -> where its L2 table came from, when not the image's own L1
         self.lost = lost or {}  # L1 index -> why its range is known to be damaged though its entry reads 0
