@@ -44,6 +44,10 @@ class Role(IntEnum):
     DRAFT_BITMAP = 15
 
 
+MAX_NODES = 4096  # structures of one kind (refcount blocks, L2 tables) kept one by one; the rest are grouped
+MAX_LISTED = 1000
+MAX_CONFLICTS = 10_000  # conflicts recorded in all (each is a finding): hostile overlaps stop there
+MAX_L1_WALK = 1 << 23  # L1 entries walked across the active and snapshot tables (two tables of QEMU's maximum)  # conflicts and ranges past EOF recorded per claim
 FREE = int(Role.FREE)  # for comparisons with the role array: numpy widens an IntEnum operand to int64
 SHAREABLE = {Role.L2_TABLE, Role.DATA, Role.COMPRESSED, Role.BITMAP_DATA, Role.JOURNAL}
 # roles claimed in bulk, whose owner is not kept per cluster (memory: one int per cluster of a 1 TiB file)
@@ -152,7 +156,7 @@ class Layout:
         if role not in UNOWNED:
             self.owner.update(zip(clusters[free].tolist(), sids[free].tolist(), strict=True))
         taken, by = clusters[~free], sids[~free]
-        if taken.size:
+        if taken.size and len(self.conflicts) < MAX_CONFLICTS:
             clash = (self.role[taken] != role) | (role not in SHAREABLE)
             for c, b in zip(taken[clash][:1000].tolist(), by[clash][:1000].tolist(), strict=True):
                 first = self.owner.get(c, -1)  # -1: data, named after the walk (resolve_data_owners)
@@ -213,11 +217,7 @@ def start_layout(img: Image, *, graph: bool = False) -> Layout:
     lay.link(header, reftable, "refcount_table_offset")
     reft = img.refcount_table()
     if not isinstance(reft, Unreadable):
-        for i, offset in enumerate((reft & T.REFT_OFFSET_MASK).tolist()):
-            if offset and offset % cs == 0:
-                block = lay.add(Role.REFCOUNT_BLOCK, offset, cs, "image", f"refcount block {i}")
-                lay.claim_range(block)
-                lay.link(reftable, block, "refcount table entry", i)
+        _claim_refcount_blocks(lay, reftable, reft)
     parents = {"active": (header, "l1_table_offset")}
     if img.snapshots:
         last = img.snapshots[-1]
@@ -227,6 +227,8 @@ def start_layout(img: Image, *, graph: bool = False) -> Layout:
         lay.link(header, snaptable, "snapshots_offset")
         parents.update({f"snapshot {s.id}": (snaptable, f"snapshot entry {s.index}") for s in img.snapshots})
     seen_l2: dict[int, Structure] = {}
+    walked: set[tuple[int, int]] = set()
+    budget = MAX_L1_WALK
     for owner, offset, size in img.l1_tables():
         if not size:
             continue
@@ -234,6 +236,12 @@ def start_layout(img: Image, *, graph: bool = False) -> Layout:
         l1_node = lay.add(Role.L1_TABLE, offset, size * 8, owner, f"{owner} L1 table")
         lay.claim_range(l1_node)
         lay.link(parent, l1_node, via)
+        # identical tables are walked once; past the budget of entries, snapshot tables are claimed only
+        readable = max(0, min(size, (img.file.size - offset) // 8))
+        if (offset, size) in walked or (owner != "active" and readable > budget):
+            continue
+        walked.add((offset, size))
+        budget -= readable
         refs = img.l2_references(offset, size)
         new: list[tuple[int, Structure]] = []
         for index, l2_offset in [] if isinstance(refs, Unreadable) else refs:
@@ -252,6 +260,44 @@ def start_layout(img: Image, *, graph: bool = False) -> Layout:
                 lay.pending_data.update((s.offset, s) for _, s in new)
     lay.l2_tables = seen_l2
     return lay
+
+
+def _claim_refcount_blocks(lay: Layout, reftable: Structure, reft: np.ndarray) -> None:
+    """Claim the refcount blocks in bulk: a structure for each of the first MAX_NODES blocks, one
+    structure for all the rest (a hostile table of 1M entries costs arrays, not objects)."""
+    cb, cs = lay.cluster_bits, 1 << lay.cluster_bits
+    offsets = reft & T.REFT_OFFSET_MASK
+    index = np.flatnonzero((offsets != 0) & (offsets % np.uint64(cs) == 0))
+    if not index.size:
+        return
+    offsets = offsets[index]
+    k = min(index.size, MAX_NODES)
+    sids = np.empty(index.size, dtype=np.int32)
+    for j, (i, offset) in enumerate(zip(index[:k].tolist(), offsets[:k].tolist(), strict=True)):
+        block = lay.add(Role.REFCOUNT_BLOCK, offset, cs, "image", f"refcount block {i}")
+        lay.link(reftable, block, "refcount table entry", i)
+        sids[j] = block.id
+    if index.size > k:
+        rest = lay.add(Role.REFCOUNT_BLOCK, int(offsets[k:].min()), (index.size - k) * cs, "image",
+                       f"refcount blocks {int(index[k])}..{int(index[-1])} ({index.size - k} entries)",
+                       count=index.size - k)
+        lay.link(reftable, rest, "refcount table entries", int(index[k]))
+        sids[k:] = rest.id
+    clusters = (offsets >> np.uint64(cb)).astype(np.int64)
+    outside = clusters >= len(lay.role)
+    for sid, offset in zip(sids[outside][:MAX_LISTED].tolist(), offsets[outside][:MAX_LISTED].tolist(),
+                           strict=True):
+        lay.past_eof.append((sid, offset))
+    clusters, sids = clusters[~outside], sids[~outside]
+    if not clusters.size:
+        return
+    _, first = np.unique(clusters, return_index=True)
+    first.sort()
+    lay.claim_many(clusters[first], sids[first], Role.REFCOUNT_BLOCK)
+    again = np.ones(clusters.size, dtype=bool)
+    again[first] = False
+    for c, sid in zip(clusters[again][:MAX_LISTED].tolist(), sids[again][:MAX_LISTED].tolist(), strict=True):
+        lay.claim_many(np.array([c], dtype=np.int64), np.array([sid], dtype=np.int32), Role.REFCOUNT_BLOCK)
 
 
 def claim_l2_batch(img: Image, lay: Layout, offsets: list[int], desc: np.ndarray) -> None:

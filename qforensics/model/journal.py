@@ -21,6 +21,9 @@ from .image import Image
 JOURNAL_CLUSTER = 4096
 TYPE_NONE, TYPE_END, TYPE_HASH = 0xFF, 1, 2
 MAX_ENTRY = 254
+# journal entries parsed per scan: a file full of journal-shaped clusters (47M entries in 100 MB) stops the
+# scan there; a real journal (a few clusters) is far below it
+MAX_SCAN_ENTRIES = 1 << 17
 
 
 @dataclass(frozen=True)
@@ -83,16 +86,29 @@ def find_journals(img: Image, unreferenced: np.ndarray) -> list[JournalArea]:
     areas: list[JournalArea] = []
     if len(unreferenced):  # a hole reads as zeros: no journal there, and no need to read it
         unreferenced = unreferenced[img.file.holds_data(unreferenced.astype(np.int64) * cs, cs)]
+    budget = MAX_SCAN_ENTRIES
     for index in unreferenced.tolist():
+        if budget <= 0:
+            break  # bounded: the journals found so far are reported
         raw = img.file.read(index * cs, cs)
+        if not _plausible(raw[:JOURNAL_CLUSTER]):
+            continue  # the first journal cluster's first entry must be a HASH or END of a valid size
         clusters = []
         for pos in range(0, len(raw) - JOURNAL_CLUSTER + 1, JOURNAL_CLUSTER):
+            if budget <= 0:
+                break
             jc = parse_journal_cluster(raw[pos:pos + JOURNAL_CLUSTER], index * cs + pos)
             if jc is None:
                 if clusters and raw[pos:pos + JOURNAL_CLUSTER].count(0xFF) == JOURNAL_CLUSTER:
                     continue  # reset (0xFF) journal clusters after the open one belong to the area
                 break
             clusters.append(jc)
+            budget -= len(jc.entries)
         if clusters:
             areas.append(JournalArea(index * cs, tuple(clusters)))
     return areas
+
+
+def _plausible(raw: bytes) -> bool:
+    """The cheap test parse_journal_cluster starts with, before any parsing."""
+    return len(raw) >= JOURNAL_CLUSTER and 2 <= raw[0] <= MAX_ENTRY and raw[1] in (TYPE_END, TYPE_HASH)
