@@ -40,6 +40,9 @@ def inflate(raw: bytes, cluster_size: int, algorithm: int) -> tuple[bytes, int, 
         return b"", 0, str(exc)
 
 
+MAX_INFLATED = 256 << 20  # total output inflated per image; the streams past it are not inflated
+
+
 def check_compressed(img: Image, layout: Layout) -> tuple[list[Finding], dict[int, int]]:
     """Findings for streams that do not inflate to one cluster, and the exact end of each stream by start."""
     if not layout.compressed_ranges:
@@ -53,12 +56,18 @@ def check_compressed(img: Image, layout: Layout) -> tuple[list[Finding], dict[in
     exact: dict[int, int] = {}
     algorithm = h.compression_type
     name = {0: "deflate", 1: "zstd"}.get(algorithm, f"type {algorithm}")
+    budget = MAX_INFLATED
+    left = 0
     for s, e in pairs.tolist():
+        if budget < cs and s < img.file.size:
+            left += 1  # over the budget: not inflated (its stored end stands for the overlap check)
+            continue
         raw = img.file.read(s, e - s)
         if len(raw) < e - s:
             out.append(Finding("compressed.truncated", Severity.WARNING, f"compressed stream at 0x{s:x} needs "
                                f"{e - s} bytes but the file ends at 0x{img.file.size:x}", "compressed data", s))
         data, consumed, error = inflate(raw, cs, algorithm)
+        budget -= len(data)
         exact[s] = s + consumed
         if error is not None:
             out.append(Finding("compressed.inflate_error", Severity.WARNING,
@@ -68,4 +77,8 @@ def check_compressed(img: Image, layout: Layout) -> tuple[list[Finding], dict[in
             out.append(Finding("compressed.wrong_length", Severity.WARNING,
                                f"compressed stream at 0x{s:x} inflates to {len(data)} bytes, not one cluster "
                                f"({cs})", "compressed data", s))
+    if left:
+        out.append(Finding("compressed.not_inflated", Severity.INFO,
+                           f"{left} of {len(pairs)} compressed streams were not inflated: the {MAX_INFLATED >> 20} MiB "
+                           "budget of inflated output was spent", "compressed data", None))
     return out, exact

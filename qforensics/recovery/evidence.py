@@ -60,24 +60,51 @@ def _cipher(img: Image, passphrase: bytes | None, notes: list[str]):
     return cipher
 
 
+MAX_FALLBACK_SNAPSHOTS = 64  # the newest distinct snapshot L1 tables consulted for a damaged range
+
+
+def distinct_snapshots(img: Image, skip_id: str | None = None, limit: int = MAX_FALLBACK_SNAPSHOTS) -> list:
+    """The newest snapshots with distinct L1 tables (same offset and size: one view), at most ``limit``."""
+    out, seen = [], set()
+    for snap in reversed(img.snapshots):
+        key = (snap.l1_table_offset, snap.l1_size)
+        if snap.id == skip_id or key in seen:
+            continue
+        seen.add(key)
+        out.append(snap)
+        if len(out) >= limit:
+            break
+    return out
+
+
 def _snapshot_fallback(img: Image, top, skip_id: str | None):
-    """fallback(start, end) for `recover`: the runs of [start, end) that some snapshot's L1 maps."""
+    """fallback(start, end) for `recover`: the runs of [start, end) that some snapshot's L1 maps. Views are
+    made when first needed (an intact image never pays for them)."""
     from ..layers.qcow2 import Qcow2Layer
 
-    views = [(s, Qcow2Layer(img, snapshot=s, backing=top.backing, data_file=top.data if top.data is not img.file
-                            else None, cipher=top.cipher)) for s in img.snapshots if s.id != skip_id]
+    snaps = distinct_snapshots(img, skip_id)
+    views: dict[str, Qcow2Layer] = {}
+
+    def view(snap) -> Qcow2Layer:
+        if snap.id not in views:
+            views[snap.id] = Qcow2Layer(img, snapshot=snap, backing=top.backing, cipher=top.cipher,
+                                        data_file=top.data if top.data is not img.file else None)
+        return views[snap.id]
 
     def fallback(start: int, end: int):
         """The newest snapshot that maps each part wins (it is the closest to the lost active state)."""
         gaps, found = [(start, end)], []
-        for snap, view in reversed(views):
+        for snap in snaps:
+            if not gaps:
+                break
             left = []
             for lo, hi in gaps:
                 pos = lo
-                for ext in view.extents(lo, hi):
+                v = view(snap)
+                for ext in v.extents(lo, hi):
                     if ext.kind in (Kind.NORMAL, Kind.COMPRESSED, Kind.ZERO_PLAIN, Kind.ZERO_ALLOC) \
                             and not ext.reason:
-                        data = read_run(view, ext, ext.start, ext.length)
+                        data = read_run(v, ext, ext.start, ext.length)
                         if data is not None:
                             if ext.start > pos:
                                 left.append((pos, ext.start))
@@ -88,7 +115,7 @@ def _snapshot_fallback(img: Image, top, skip_id: str | None):
             gaps = left
         yield from sorted(found, key=lambda f: f[0])
 
-    return fallback if views else None
+    return fallback if snaps else None
 
 
 def recover_image(image: str, out: Path, *, passphrase: bytes | None = None, backing_dir: Path | None = None,

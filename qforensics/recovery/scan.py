@@ -26,6 +26,7 @@ from ..layers.extent import Kind
 
 READ_CLUSTERS = 256  # clusters read at a time while scanning
 MAX_CANDIDATES = 1 << 16
+SIMILAR_BUDGET = 4096  # snapshot L2 tables compared with the candidates, at most
 SIMILAR = 0.5  # share of a candidate's entries equal to a snapshot L2's for it to take that L2's place
 
 
@@ -136,12 +137,23 @@ def place(img: Image, candidates: dict[int, np.ndarray], open_slots: OpenSlots,
         for off, index in refs.items():
             if off in tables:
                 take(off, index, f"stale L1 copy at 0x{copy:x}, entry {index}")
+    from .evidence import distinct_snapshots
+
     masked = ~T.OFLAG_COPIED
-    for snap in img.snapshots:
-        refs = img.l2_references(snap.l1_table_offset, snap.l1_size)
-        if isinstance(refs, Unreadable):
+    compared: set[int] = set()  # each snapshot L2 table is read once, and only SIMILAR_BUDGET of them
+    for snap in distinct_snapshots(img):
+        if len(placed) == len(tables) or len(compared) >= SIMILAR_BUDGET:
+            break
+        l1 = img.l1_table(snap.l1_table_offset, snap.l1_size)
+        if isinstance(l1, Unreadable):
             continue
-        for index, l2_off in refs:
+        offs = l1 & mask
+        ok = np.flatnonzero((offs != 0) & (offs % np.uint64(cs) == 0) & (offs < np.uint64(img.file.size)))
+        uniq, first = np.unique(offs[ok], return_index=True)
+        for l2_off, index in zip(uniq.tolist(), ok[first].tolist(), strict=True):
+            if l2_off in compared or len(compared) >= SIMILAR_BUDGET:
+                continue
+            compared.add(l2_off)
             theirs = img.l2_table(l2_off)
             if isinstance(theirs, Unreadable):
                 continue
