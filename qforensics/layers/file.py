@@ -141,6 +141,18 @@ class FileLayer:
             i += 1
         return out
 
+    def pieces(self, start: int, length: int) -> list[tuple[int, int, bool]]:
+        """[start, start+length) cut at the file's extents: (lo, hi, True where a hole or past the end)."""
+        out, at, end = [], start, start + length
+        for lo, hi in self.data_runs(start, end):
+            if lo > at:
+                out.append((at, lo, True))
+            out.append((lo, hi, False))
+            at = hi
+        if at < end:
+            out.append((at, end, True))
+        return out
+
     def close(self) -> None:
         if self._fd >= 0:
             os.close(self._fd)

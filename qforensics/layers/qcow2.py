@@ -161,27 +161,12 @@ class Qcow2Layer:
     def metadata_preallocation(self) -> bool:
         """QEMU's qcow2_detect_metadata_preallocation: more clusters have a refcount than the file has
         allocated blocks for (then block status asks the file which data clusters are holes)."""
-        img = self.img
-        f = img.file
+        from ..model.refcounts import stored_refcounts
+
+        f = self.img.file
         real = f.allocated_bytes // self.cs
-        threshold = max(real * 10 // 9, real + 2)
-        end_cluster = -(-f.size // self.cs)
-        reft = img.refcount_table()
-        if isinstance(reft, Unreadable):
-            return False
-        per_block = self.cs * 8 // img.header.refcount_bits
-        count = 0
-        for i, entry in enumerate((reft & T.REFT_OFFSET_MASK).tolist()):
-            if i * per_block >= end_cluster or count >= threshold:
-                break
-            if not entry:
-                continue
-            block = img.refcount_block(entry)
-            if isinstance(block, Unreadable):
-                continue
-            block = block[: max(0, end_cluster - i * per_block)]
-            count += int(np.count_nonzero(block))
-        return count >= threshold
+        in_use = stored_refcounts(self.img, dtype=bool)
+        return not isinstance(in_use, Unreadable) and np.count_nonzero(in_use) >= max(real * 10 // 9, real + 2)
 
     def _first_users(self) -> np.ndarray:
         """For each L1 entry, the first L1 index pointing at the same L2 table (itself when it is the first).

@@ -8,8 +8,9 @@ from . import tables
 from .image import Image, Unreadable
 
 
-def stored_refcounts(img: Image) -> np.ndarray | Unreadable:
-    """Refcount of each cluster of the file as the refcount blocks state it (uint64; 0 where no block).
+def stored_refcounts(img: Image, dtype=np.uint64) -> np.ndarray | Unreadable:
+    """Refcount of each cluster of the file as the refcount blocks state it (0 where no block); with
+    ``dtype=bool``, whether it is in use (one byte a cluster instead of eight).
 
     Blocks that are unaligned or outside the file are skipped (check reports them);
     refcounts of clusters past the end of the file are not in this array.
@@ -20,7 +21,7 @@ def stored_refcounts(img: Image) -> np.ndarray | Unreadable:
         return reft
     nclusters = -(-img.file.size // h.cluster_size)
     per_block = h.cluster_size * 8 // h.refcount_bits
-    out = np.zeros(nclusters, dtype=np.uint64)
+    out = np.zeros(nclusters, dtype=dtype)
     blocks = (reft & tables.REFT_OFFSET_MASK).tolist()
     for i, offset in enumerate(blocks[: -(-nclusters // per_block)]):
         if offset == 0 or offset % h.cluster_size or offset >= img.file.size:

@@ -96,14 +96,7 @@ def _recurse(rows: _Rows, kind: np.ndarray, file) -> _Rows:
         if row > pos:
             parts.append(_take(rows, pos, row))
         g, h, n = int(rows.start[row]), int(rows.offset[row]), int(rows.length[row])
-        pieces, at = [], h
-        for lo, hi in file.data_runs(h, h + n):
-            if lo > at:
-                pieces.append((at, lo, True))
-            pieces.append((lo, hi, False))
-            at = hi
-        if at < h + n:
-            pieces.append((at, h + n, True))
+        pieces = file.pieces(h, n)
         m = len(pieces)
         parts.append(_Rows(np.array([g + a - h for a, _, _ in pieces], dtype=np.int64),
                            np.array([b - a for a, b, _ in pieces], dtype=np.int64), np.full(m, depth),

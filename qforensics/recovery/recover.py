@@ -170,24 +170,11 @@ def source_label(depth: int, layer, top_label: str, guest: int = 0) -> str:
     return f"backing {depth} ({kind}): {Path(layer.name).name}"
 
 
-def _data_pieces(file, host: int, length: int) -> list[tuple[int, int, bool]]:
-    """(host start, host end, is_hole_or_past_eof) pieces of a host range, from the file's extents."""
-    pieces, at = [], host
-    for lo, hi in file.data_runs(host, host + length):
-        if lo > at:
-            pieces.append((at, lo, True))
-        pieces.append((lo, hi, False))
-        at = hi
-    if at < host + length:
-        pieces.append((at, host + length, True))
-    return pieces
-
-
 def copy_normal(owner, ext: Extent, writer: Writer, rec: Recovery, log: Log, label: str) -> None:
     """A NORMAL (or raw data) run: large reads of the parts that hold data in the host file."""
     file = _host_file(owner)
     size = file.size
-    for lo, hi, hole in _data_pieces(file, ext.host, ext.length):
+    for lo, hi, hole in file.pieces(ext.host, ext.length):
         guest = ext.start + (lo - ext.host)
         if hole:
             if lo >= size:  # past the end of the file: QEMU reads zeros; the bytes are lost

@@ -22,6 +22,7 @@ import numpy as np
 from ..layout import Role, build_layout
 from ..model import Image, Unreadable
 from ..model import tables as T
+from ..model.refcounts import stored_refcounts as model_refcounts
 from ..layers.extent import Kind
 
 READ_CLUSTERS = 256  # clusters read at a time while scanning
@@ -42,24 +43,12 @@ class Placement:
 
 
 def stored_refcounts(img: Image, n_clusters: int) -> np.ndarray | None:
-    """Whether each of the file's clusters has a non-zero refcount (refcount table and blocks); None if
-    the table is unreadable."""
-    reft = img.refcount_table()
-    if isinstance(reft, Unreadable):
+    """Whether each of the file's clusters has a non-zero refcount; None if the table is unreadable."""
+    in_use = model_refcounts(img, dtype=bool)
+    if isinstance(in_use, Unreadable):
         return None
-    per_block = img.header.cluster_size * 8 // img.header.refcount_bits
     out = np.zeros(n_clusters, dtype=bool)
-    for i, entry in enumerate((reft & T.REFT_OFFSET_MASK).tolist()):
-        lo = i * per_block
-        if lo >= n_clusters:
-            break
-        if not entry:
-            continue
-        block = img.refcount_block(entry)
-        if isinstance(block, Unreadable):
-            continue
-        part = block[: n_clusters - lo]
-        out[lo:lo + len(part)] = part != 0
+    out[:min(n_clusters, len(in_use))] = in_use[:n_clusters]
     return out
 
 
