@@ -123,7 +123,6 @@ def test_exercise_fails_when_a_command_writes_the_evidence(corpus, tmp_path, mon
         exercise(path, ["info", "vandal"], tmp_path)
 
 
-@pytest.mark.xfail(reason=harness.KNOWN_ISSUES["graphml-control-characters"], strict=False)
 def test_graphml_is_well_formed_with_control_characters_in_names(corpus, tmp_path, monkeypatch):
     """A snapshot id of '\\x00' (a mutation the fuzzer found) must still give well-formed GraphML."""
     data = bytearray(image_path(corpus, "snapshots").read_bytes())

@@ -625,11 +625,7 @@ def mutate(data: bytes, rng: random.Random, count: int = 3) -> bytes:
 
 # Faults found by fuzzing whose fix belongs to another module's owner; the checks that find them are skipped
 # while the name is listed here (run_fuzz.py --strict checks them anyway). Remove an entry once it is fixed.
-KNOWN_ISSUES = {
-    "graphml-control-characters": "graph -o x.graphml writes image strings (a snapshot id or bitmap name holding "
-                                  "\\x00..\\x1f) as they are, so the GraphML is not well-formed XML "
-                                  "(qforensics/graph.py write_graph, labels from layout.py)",
-}
+KNOWN_ISSUES: dict[str, str] = {}  # (graphml-control-characters: fixed in graph.write_graph)
 TOLERATED: set[str] = set(KNOWN_ISSUES)
 
 
