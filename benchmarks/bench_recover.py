@@ -54,11 +54,8 @@ and the hash of the code measured. `--live-tree` runs the tree itself.
 from __future__ import annotations
 
 import argparse
-import compileall
-import hashlib
 import json
 import os
-import platform
 import shlex
 import shutil
 import statistics
@@ -68,6 +65,8 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from bench_check import code_hash, fingerprint, freeze_tree, gnu_time, machine  # one frozen-copy recipe for both benchmarks
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -130,15 +129,6 @@ class Series:
     @property
     def cpu_median(self) -> float:
         return statistics.median(r.cpu for r in self.runs)
-
-
-def gnu_time() -> str | None:
-    """/usr/bin/time if it is GNU time (``-f %M -o FILE``), else None."""
-    path = shutil.which("time", path="/usr/bin:/bin")
-    if path is None:
-        return None
-    res = subprocess.run([path, "-f", "%M", "true"], check=False, capture_output=True, text=True)
-    return path if res.returncode == 0 and res.stderr.strip().isdigit() else None
 
 
 TIME = gnu_time()
@@ -236,48 +226,6 @@ def sparse_compare(a: Path, b: Path) -> tuple[str | None, int]:
 
 # -- the code measured -----------------------------------------------------------------------------------
 
-def code_hash(root: Path = REPO) -> str:
-    """Hash of the qforensics sources under root (the package's .py files)."""
-    h = hashlib.sha1()
-    for f in sorted((root / "qforensics").rglob("*.py")):
-        h.update(str(f.relative_to(root)).encode() + b"\0" + f.read_bytes() + b"\0")
-    return h.hexdigest()[:12]
-
-
-def freeze_tree(dest: Path) -> str:
-    """Copy the package into dest (taken again if the tree changed while copying) and byte-compile the copy,
-    as an installed package is; returns its code hash."""
-    for _ in range(5):
-        before = code_hash()
-        shutil.rmtree(dest / "qforensics", ignore_errors=True)
-        shutil.copytree(REPO / "qforensics", dest / "qforensics", symlinks=False,
-                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-        if code_hash(dest) == before == code_hash():
-            compileall.compile_dir(dest / "qforensics", quiet=1)
-            return before
-        time.sleep(1)
-    sys.exit("bench_recover: qforensics/ keeps changing while being copied; try again")
-
-
-def machine() -> dict:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
-    mem_kb = next(int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()
-                  if line.startswith("MemTotal"))
-
-    def git(*a: str) -> str:
-        res = subprocess.run(["git", "-C", str(REPO), *a], check=False, capture_output=True, text=True)
-        return res.stdout.strip()
-
-    return {"date": time.strftime("%Y-%m-%d %H:%M %Z"), "cores": os.cpu_count(), "cpu": cpu,
-            "ram_gib": round(mem_kb / 2**20, 1), "python": platform.python_version(),
-            "qemu_img": subprocess.run(["qemu-img", "--version"], check=False, capture_output=True,
-                                       text=True).stdout.splitlines()[0],
-            "commit": git("rev-parse", "--short", "HEAD"),
-            "modified": [line.split(maxsplit=1)[1] for line in
-                         git("status", "--porcelain", "--untracked-files=no", "--", "qforensics").splitlines()],
-            "code_hash": code_hash()}
-
 
 # -- images ----------------------------------------------------------------------------------------------
 
@@ -316,11 +264,6 @@ def guest_data(img: Path, spec: Spec) -> int:
     if res.returncode != 0:
         sys.exit(f"bench_recover: qemu-img map {img.name}: {res.stderr.strip()}")
     return sum(e["length"] for e in json.loads(res.stdout) if e.get("data") and not e.get("zero"))
-
-
-def fingerprint(path: Path) -> tuple[int, int]:
-    st = path.stat()
-    return st.st_size, st.st_mtime_ns
 
 
 # -- one image -------------------------------------------------------------------------------------------

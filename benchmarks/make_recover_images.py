@@ -45,6 +45,8 @@ from pathlib import Path
 
 import numpy as np
 
+from make_images import human, recipe_path, up_to_date  # the same sidecar-recipe scheme
+
 KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
 PASSPHRASE = "pw"
 SECRET = f"secret,id=sec0,data={PASSPHRASE}"
@@ -152,29 +154,6 @@ def build_zstd(path: Path, r: dict) -> None:
 
 BUILDERS = {"std_4g.qcow2": build_std, "zstd_1g.qcow2": build_zstd, "aes_1g.qcow2": build_encrypted,
             "luks_1g.qcow2": build_encrypted}
-
-
-def recipe_path(img: Path) -> Path:
-    return img.with_name(img.name + ".recipe.json")
-
-
-def up_to_date(img: Path, recipe: dict) -> dict | None:
-    side = recipe_path(img)
-    if not (img.exists() and side.exists()):
-        return None
-    try:
-        rec = json.loads(side.read_text())
-    except (OSError, ValueError):
-        return None
-    return rec if rec.get("recipe") == recipe and rec.get("file_size") == img.stat().st_size else None
-
-
-def human(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
-        n /= 1024
-    raise AssertionError
 
 
 def build(out: Path, names: list[str], force: bool = False) -> None:

@@ -4,7 +4,6 @@ consent for backing files, loops, wrong passphrases, outputs that would overwrit
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import struct
@@ -18,16 +17,9 @@ from qforensics.layers.chain import Consent, open_chain
 from qforensics.model import Image
 from qforensics.recovery.evidence import recover_image
 from qforensics.recovery.map import guest_map, render_json
+from qforensics.report import sha256_file as sha256
 
 QEMU_CAN_OPEN = [c for c in VALID_CASES if c != "draft_early_bitmaps"]  # qemu refuses the 2015 bitmaps body
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def qemu_source(case: str, path: Path) -> list[str]:

@@ -12,7 +12,6 @@ offsets; Python only touches run boundaries.
 
 from __future__ import annotations
 
-import zlib
 from collections.abc import Iterator
 from functools import cached_property
 
