@@ -85,6 +85,9 @@ FIELD_POKES = {
     "bitmap_table_2e32": ("bitmaps", "bitmap 0 table size", 4, 0xFFFFFFFF),
     "bitmap_name_2e16": ("bitmaps", "bitmap 0 name size", 2, 0xFFFF),
     "bitmap_extra_2e32": ("bitmaps", "bitmap 0 extra data size", 4, 0xFFFFFFFF),
+    # qemu's entry size is a C int: these wrap to a negative size and to 8 bytes
+    "bitmap_extra_2e31": ("bitmaps", "bitmap 0 extra data size", 4, 0x80000000),
+    "bitmap_extra_wraps_to_8": ("bitmaps", "bitmap 0 extra data size", 4, 0xFFFFFFE8),
     "luks_past_eof": ("encrypted_luks", "encryption header pointer offset", 8, 1 << 40),
     "luks_length_2e63": ("encrypted_luks", "encryption header pointer length", 8, 1 << 63),
     "luks_stripes_2e32": ("encrypted_luks", "LUKS key slot 0 stripes", 4, 0xFFFFFFFF),
@@ -103,9 +106,6 @@ QEMU_GAPS = {
                            "(qemu: 'Keyslot 0 is overlapping with the encrypted payload')",
     "luks_past_eof": "qemu reads zeros past the end of the file and refuses 'Volume is not in LUKS format'; "
                      "model/encryption.py reports a truncated header without qemu's refusal",
-    "bitmap_extra_2e32": "qemu's calc_dir_entry_size adds in an int, so extra_data_size 0xFFFFFFFF wraps and "
-                         "qemu refuses 'Bitmap extra data is not supported'; model/bitmaps.py says 'Broken "
-                         "bitmap directory'",
 }
 
 

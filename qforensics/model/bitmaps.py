@@ -59,6 +59,14 @@ def _entry_length(raw: bytes) -> int:
     return (24 + extra + name + 7) & ~7
 
 
+def _qemu_entry_length(raw: bytes) -> int:
+    """The step qemu's walk takes: calc_dir_entry_size sums into a C int, so a huge extra_data_size wraps
+    (0xFFFFFFFF makes the entry 8 bytes shorter than its name needs, 0x80000000 makes it negative)."""
+    size = (24 + int.from_bytes(raw[18:20], "big") + int.from_bytes(raw[20:24], "big")) & 0xFFFFFFFF
+    size = (size + 7) & ~7 & 0xFFFFFFFF
+    return size - (1 << 32) if size >> 31 else size
+
+
 def read_bitmap_directory(h: Header, read, file_size: int, nb_bitmaps: int, dir_offset: int,
                           dir_size: int) -> tuple[list[Bitmap], list[Finding]]:
     """Walk the directory as bitmap_list_load does; each bad entry is a finding, not an abort.
@@ -79,14 +87,26 @@ def read_bitmap_directory(h: Header, read, file_size: int, nb_bitmaps: int, dir_
     while pos < len(data):
         entry_offset = dir_offset + pos
         index = len(bitmaps)
-        if index >= nb_bitmaps:
-            corrupt("bitmap.directory_too_many", f"bitmap directory holds more entries than nb_bitmaps ({nb_bitmaps})",
-                    entry_offset, "More bitmaps found than specified in header extension")
-        if pos + 24 > len(data) or pos + _entry_length(data[pos:pos + 24]) > len(data):
+        # bitmap_list_load's order: the fixed part must fit, then the count, then the whole entry
+        if pos + 24 > len(data):
             corrupt("bitmap.directory_broken", f"bitmap directory entry at 0x{entry_offset:x} runs past the end of "
                     f"the directory ({dir_size} bytes)", entry_offset, "Broken bitmap directory")
             break
-        raw = data[pos:pos + _entry_length(data[pos:pos + 24])]
+        if index >= nb_bitmaps:
+            corrupt("bitmap.directory_too_many", f"bitmap directory holds more entries than nb_bitmaps ({nb_bitmaps})",
+                    entry_offset, "More bitmaps found than specified in header extension")
+        length, qemu_length = _entry_length(data[pos:pos + 24]), _qemu_entry_length(data[pos:pos + 24])
+        if pos + length > len(data):
+            extra = int.from_bytes(data[pos + 20:pos + 24], "big")
+            if pos + qemu_length <= len(data):  # only a wrapped size fits: qemu then meets the extra data
+                corrupt("bitmap.directory_broken", f"bitmap directory entry at 0x{entry_offset:x}: extra_data_size "
+                        f"0x{extra:x} runs past the end of the directory ({dir_size} bytes); qemu's int entry size "
+                        f"wraps to {qemu_length}", entry_offset, "Bitmap extra data is not supported")
+            else:
+                corrupt("bitmap.directory_broken", f"bitmap directory entry at 0x{entry_offset:x} runs past the end "
+                        f"of the directory ({dir_size} bytes)", entry_offset, "Broken bitmap directory")
+            break
+        raw = data[pos:pos + length]
         pos += len(raw)
         try:
             e = parse(Bitmaps.BitmapDirectoryEntry, raw, structure=STRUCTURE, offset=entry_offset)
