@@ -1,5 +1,5 @@
 """The LUKS1 header as qemu's open reads and judges it (block/qcow2.c qcow2_crypto_hdr_read_func,
-crypto/block-luks.c qcrypto_block_luks_check_header): each case pokes the corpus LUKS image, asks live
+crypto/block-luks.c qcrypto_block_luks_check_header and _parse_header): each case pokes the corpus LUKS image, asks live
 `qemu-img info` for its verdict, and `info` must refuse exactly when qemu does, with qemu's message first.
 """
 
@@ -21,6 +21,10 @@ SLOT0 = 208  # key slot i at SLOT0 + 48 * i: active, iterations, salt[32], key m
 
 def u32(v: int) -> bytes:
     return struct.pack(">I", v)
+
+
+def text(name: str) -> bytes:
+    return name.encode().ljust(32, b"\0")
 
 
 def slot(i: int, field: int) -> int:
@@ -51,6 +55,28 @@ LUKS_POKES = {
     "key_bytes_65": [(108, u32(65))],  # 504 sectors become 512: slot 0 runs into slot 1
     "key_bytes_32": [(108, u32(32))],  # shorter key material: accepted
     "first_of_two_faults": [(slot(3, 44), u32(1)), (164, u32(0))],
+    # names qcrypto_block_luks_parse_header looks up (qemu's own tables, not what this tool can decrypt)
+    "cipher_twofish": [(8, text("twofish"))],
+    "cipher_serpent": [(8, text("serpent"))],
+    "cipher_upper_case": [(8, text("AES"))],
+    "cipher_cast5_key_32": [(8, text("cast5"))],
+    "cipher_cast5_essiv": [(8, text("cast5")), (40, text("cbc-essiv:sha256")), (108, u32(16))],
+    "cipher_cast5_essiv_md5": [(8, text("cast5")), (40, text("cbc-essiv:md5")), (108, u32(16))],
+    "mode_without_ivgen": [(40, text("xts"))],
+    "mode_ofb": [(40, text("ofb-plain64"))],
+    "mode_ctr_key_64": [(40, text("ctr-plain64"))],  # only xts halves key_bytes: no 64-byte aes
+    "mode_ctr": [(40, text("ctr-plain64")), (108, u32(32))],
+    "ivgen_lmk": [(40, text("cbc-lmk")), (108, u32(32))],
+    "ivhash_whirlpool": [(40, text("xts-plain64:whirlpool"))],
+    "ivhash_with_plain64": [(40, text("xts-plain64:sha256"))],  # qemu ignores it
+    "essiv_without_hash": [(40, text("xts-essiv"))],
+    "essiv_sha1_aes_256": [(40, text("xts-essiv:sha1"))],
+    "essiv_sha512_aes_256": [(40, text("xts-essiv:sha512"))],
+    "hash_whirlpool": [(72, text("whirlpool"))],
+    "hash_sha3": [(72, text("sha3-256"))],
+    "key_bytes_0": [(108, u32(0))],
+    "key_bytes_20": [(108, u32(20))],
+    "key_bytes_48": [(108, u32(48))],
 }
 # name -> bytes of the LUKS header left in the file (qemu reads zeros past its end)
 TRUNCATED = {"truncated_after_slot_0": 300, "truncated_after_magic": 6, "truncated_before_header": 0,

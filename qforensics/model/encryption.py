@@ -5,7 +5,8 @@ opens key slots with it (salts and digest included). It reads as qemu's open rea
 say qemu would refuse carry qemu's message.
 
 Reference (QEMU 7.2): block/qcow2.c qcow2_crypto_hdr_read_func; crypto/block-luks.c
-qcrypto_block_luks_load_header, qcrypto_block_luks_check_header, qcrypto_block_luks_get_info.
+qcrypto_block_luks_load_header, qcrypto_block_luks_check_header, qcrypto_block_luks_parse_header,
+qcrypto_block_luks_get_info.
 """
 
 from __future__ import annotations
@@ -182,6 +183,58 @@ def check_luks_header(h: LuksHeader, k: Luks1Header) -> list[tuple[int, str, str
     return out
 
 
+# what qcrypto_block_luks_parse_header looks names up in (QEMU 7.2 qapi/crypto.json, crypto/block-luks.c)
+QEMU_CIPHER_KEY_BYTES = {"aes": (16, 24, 32), "cast5": (16,), "serpent": (16, 24, 32), "twofish": (16, 24, 32)}
+QEMU_CIPHER_MODES = ("ecb", "cbc", "xts", "ctr")
+QEMU_HASH_SIZES = {"md5": 16, "sha1": 20, "sha224": 28, "sha256": 32, "sha384": 48, "sha512": 64, "ripemd160": 20}
+QEMU_IVGENS = ("plain", "plain64", "essiv")
+_ESSIV_NAMES = {"aes": "AES", "serpent": "Serpent", "twofish": "Twofish"}
+
+
+def qemu_parse_problem(h: LuksHeader) -> tuple[int, str, str] | None:
+    """The first name qcrypto_block_luks_parse_header cannot look up (it runs at every open, `qemu-img info`
+    too), as (host offset, our words, qemu's message), or None."""
+    def bad(pos: int, qemu: str, ours: str) -> tuple[int, str, str]:
+        return h.offset + pos, ours, qemu
+
+    mode, dash, ivgen = h.cipher_mode.partition("-")
+    if not dash:
+        return bad(40, f"Unexpected cipher mode string format '{h.cipher_mode}'",
+                   f"cipher_mode {h.cipher_mode!r} has no '-' between chaining mode and IV generator")
+    ivgen, colon, ivhash = ivgen.partition(":")
+    if colon and ivhash not in QEMU_HASH_SIZES:
+        return bad(40, f"Hash algorithm '{ivhash}' not supported",
+                   f"cipher_mode {h.cipher_mode!r}: qemu knows no hash {ivhash!r}")
+    if mode not in QEMU_CIPHER_MODES:
+        return bad(40, f"Cipher mode '{mode}' not supported",
+                   f"cipher_mode {h.cipher_mode!r}: qemu knows no chaining mode {mode!r} "
+                   f"({', '.join(QEMU_CIPHER_MODES)})")
+    key_bytes = h.key_bytes // 2 if mode == "xts" else h.key_bytes  # per cipher of the xts pair
+    if key_bytes not in QEMU_CIPHER_KEY_BYTES.get(h.cipher_name, ()):
+        return bad(8, f"Algorithm '{h.cipher_name}' with key size {_int32(key_bytes)} bytes not supported",
+                   f"cipher {h.cipher_name!r} with {key_bytes}-byte keys (key_bytes {h.key_bytes}) is not one "
+                   "qemu has")
+    if h.hash_spec not in QEMU_HASH_SIZES:
+        return bad(72, f"Hash algorithm '{h.hash_spec}' not supported",
+                   f"hash_spec {h.hash_spec!r} is not a hash qemu has")
+    if ivgen not in QEMU_IVGENS:
+        return bad(40, f"IV generator '{ivgen}' not supported",
+                   f"cipher_mode {h.cipher_mode!r}: qemu knows no IV generator {ivgen!r}")
+    if ivgen == "essiv":
+        if not colon:
+            return bad(40, "Missing IV generator hash specification",
+                       f"cipher_mode {h.cipher_mode!r}: essiv names no hash")
+        digest = QEMU_HASH_SIZES[ivhash]
+        if digest != key_bytes and h.cipher_name == "cast5":
+            return bad(40, "Cipher cast5-128 not supported with essiv",
+                       f"cipher_mode {h.cipher_mode!r}: ESSIV with cast5 needs a 16-byte hash")
+        if digest != key_bytes and digest not in QEMU_CIPHER_KEY_BYTES[h.cipher_name]:
+            return bad(40, f"No {_ESSIV_NAMES[h.cipher_name]} cipher with key size {digest} available",
+                       f"cipher_mode {h.cipher_mode!r}: the {digest}-byte {ivhash} digest keys no "
+                       f"{h.cipher_name} for ESSIV")
+    return None
+
+
 def read_luks_header(read, offset: int, length: int) -> tuple[LuksHeader | None, list[Finding]]:
     """The header through the encryption header pointer (``offset``, ``length``), read as qemu reads it:
     bytes past the end of the file are zeros. Findings for every rule broken; the first that qemu meets
@@ -210,7 +263,9 @@ def read_luks_header(read, offset: int, length: int) -> tuple[LuksHeader | None,
                 "version": f"LUKS version {exc.value} is not supported"}.get(exc.field or "")
         finding(exc.message, offset, qemu)
     else:
-        for host, message, qemu in check_luks_header(header, k):
+        problems = check_luks_header(header, k)
+        parse_problem = qemu_parse_problem(header)
+        for host, message, qemu in problems + ([parse_problem] if parse_problem else []):
             finding(message, host, qemu)
     first = next((i for i, f in enumerate(findings) if f.qemu_message), None)
     return header, [f if i == first or not f.qemu_message else replace(f, qemu_message=None)
