@@ -17,7 +17,6 @@ from .errors import QforensicsError, UsageError
 
 # before numpy loads: its BLAS is never used here, and one thread spares starting a pool (~40 ms a run)
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-from .info import build_info, render_human  # noqa: E402
 from .model import Image  # noqa: E402
 
 EXIT_OK = 0
@@ -26,6 +25,8 @@ EXIT_INCOMPLETE = 2  # recover: some guest ranges are missing
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
+    from .info import build_info, render_human  # info brings the layout; map and recover start without it
+
     with Image(args.image) as img:
         info = build_info(img, args.image)
         refusals = img.refusals

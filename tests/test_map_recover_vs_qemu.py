@@ -122,6 +122,29 @@ def test_recover_output_is_sparse(corpus, tmp_path, qemu_raw):
     assert os.stat(out).st_blocks * 512 <= nonzero * 4096 + (64 << 10)
 
 
+def test_recover_zero_blocks_inside_data_clusters(tmp_path):
+    """Blocks whose first bytes are zero but not the rest are data; whole zero blocks stay holes (as qemu's -S 4k)."""
+    img = tmp_path / "z.qcow2"
+    assert qemu_img("create", "-q", "-f", "qcow2", str(img), "8M").returncode == 0
+    script = ["write -P 0 0 1M",  # one allocated run of zeros ...
+              "write -P 0x11 4104 8",  # ... with data deep inside block 1 (its first word stays zero)
+              "write -P 0x22 266240 1",  # the last byte before a 4 KiB boundary (block 65)
+              "write -P 0x33 1M 512K",  # a long run of data
+              "write -P 0 1280K 4K"]  # a zero block inside it
+    subprocess.run(["qemu-io", "-f", "qcow2", *sum((["-c", c] for c in script), []), str(img)], check=True,
+                   stdout=subprocess.DEVNULL)
+    ref = tmp_path / "qemu.raw"
+    assert qemu_img("convert", "-O", "raw", str(img), str(ref)).returncode == 0
+    out = tmp_path / "out.raw"
+    res = run_qforensics("recover", str(img), "-o", str(out), "--quiet", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert sha256(out) == sha256(ref)
+    raw = ref.read_bytes()
+    nonzero = sum(1 for i in range(0, len(raw), 4096) if raw[i:i + 4096].strip(b"\0"))
+    assert nonzero == 2 + 128 - 1
+    assert os.stat(out).st_blocks * 512 <= nonzero * 4096 + (64 << 10)
+
+
 def test_recover_cli_encrypted_and_wrong_passphrases(corpus, tmp_path, qemu_raw):
     for case in ("encrypted_luks", "encrypted_aes"):
         path = image_path(corpus, case)
