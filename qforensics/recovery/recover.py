@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections import deque
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,6 +32,7 @@ CHUNK = 4 << 20  # bytes read at a time
 WINDOW_GAP = 256 << 10  # host bytes between two runs still worth reading through in one window
 KERNEL_COPY = 256 << 10  # runs at least this long are copied with copy_file_range
 MAX_PENDING = 1 << 18  # data runs gathered before they are copied (24 bytes each, copied twice to sort)
+COPY_THREADS = max(1, min(2, os.cpu_count() or 1))  # kernel copies in parallel (qemu-img keeps two cores busy)
 ZERO_BLOCK = 4096  # granularity of the sparse output (qemu-img convert's default -S 4k)
 _ZEROS = memoryview(bytes(CHUNK))  # sliced without copying
 
@@ -107,6 +110,8 @@ class Writer:
             os.close(self.fd)
             raise UsageError(f"-o {path}: cannot make a {size}-byte file (the virtual size): {exc.strerror}") from None
         self.written = 0
+        self._copies: deque = deque()  # kernel copies in flight, oldest first
+        self._pool: ThreadPoolExecutor | None = None
 
     def write(self, offset: int, data: bytes | memoryview) -> None:
         n = len(data)
@@ -139,7 +144,17 @@ class Writer:
         return [(int(r[0]) * ZERO_BLOCK, min(n, (int(r[-1]) + 1) * ZERO_BLOCK)) for r in np.split(nz, brk)]
 
     def copy_from(self, file, host: int, length: int, offset: int) -> None:
-        """Copy a data run of ``file`` in the kernel, skipping its zero blocks (seen through a read-only map)."""
+        """Copy a data run of ``file`` in the kernel, skipping its zero blocks (seen through a read-only map).
+        Copies of different pieces run on up to COPY_THREADS threads (the map, the zero test and
+        copy_file_range all release the GIL), as qemu-img convert keeps reads and writes of several
+        requests in flight; the output ranges never overlap, so their order does not matter."""
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(COPY_THREADS, thread_name_prefix="qf-copy")
+        while len(self._copies) >= 2 * COPY_THREADS:
+            self.written += self._copies.popleft().result()
+        self._copies.append(self._pool.submit(self._copy_piece, file, host, length, offset))
+
+    def _copy_piece(self, file, host: int, length: int, offset: int) -> int:
         m, at = file.mapped(host, length)
         try:
             view = memoryview(m)[at:at + length]
@@ -149,7 +164,12 @@ class Writer:
             m.close()
         for lo, hi in spans:
             file.copy_to(self.fd, host + lo, hi - lo, offset + lo)
-            self.written += hi - lo
+        return sum(hi - lo for lo, hi in spans)
+
+    def drain(self) -> None:
+        """Wait for the kernel copies in flight; the first that failed raises here."""
+        while self._copies:
+            self.written += self._copies.popleft().result()
 
     def _pwrite(self, offset: int, data) -> None:
         view = memoryview(data)
@@ -160,7 +180,13 @@ class Writer:
             self.written += done
 
     def close(self) -> None:
-        os.close(self.fd)
+        try:
+            if self._pool is not None:
+                for future in self._copies:  # after an error elsewhere: let what runs finish, drop the rest
+                    future.cancel()
+                self._pool.shutdown(wait=True)
+        finally:
+            os.close(self.fd)
 
 
 def source_label(depth: int, layer, top_label: str, guest: int = 0) -> str:
@@ -339,6 +365,7 @@ def recover(layer, out: Path, *, log_path: Path | None = None, top_label: str = 
                 if len(batch):
                     bar.update(int(batch.start[-1] + batch.length[-1]))
             pending.flush()
+            writer.drain()
     finally:
         writer.close()
         log.close(rec.summary())
