@@ -84,6 +84,7 @@ class Image:
         self.path = Path(path)
         self.file = FileLayer(path)
         self._last_l1: tuple[tuple[int, int], L1References] | None = None
+        self._groups: tuple[int, list[L1Group]] | None = None
         try:
             self._open()
         except BaseException:
@@ -273,7 +274,7 @@ class Image:
         """(owner, offset, entries) of the active L1 and of every snapshot L1 QEMU would follow."""
         h = self.header
         out = [("active", h.l1_table_offset, h.l1_size)]
-        out += [(f"snapshot {s.id}", s.l1_table_offset, s.l1_size) for s in self.snapshots
+        out += [(f"snapshot {clip(s.id)}", s.l1_table_offset, s.l1_size) for s in self.snapshots
                 if s.l1_table_offset % h.cluster_size == 0 and s.l1_size <= QCOW_MAX_L1_SIZE // 8]
         return out
 
@@ -281,9 +282,14 @@ class Image:
         """The active L1 and the snapshot L1s QEMU would follow, snapshots naming the same table (offset and
         size) in one group. The active table is always walked; a snapshot group only while its readable
         entries fit in what is left of ``budget`` (entries, across the groups walked)."""
+        budget = MAX_L1_WALK if budget is None else budget
+        if self._groups is None or self._groups[0] != budget:  # the layout and each check ask in turn
+            self._groups = budget, self._l1_groups(budget)
+        return self._groups[1]
+
+    def _l1_groups(self, budget: int) -> list[L1Group]:
         h = self.header
         size = self.file.size
-        budget = MAX_L1_WALK if budget is None else budget
 
         def readable(offset: int, entries: int) -> int:
             return max(0, min(entries, -(-(size - offset) // 8)))
