@@ -6,8 +6,10 @@ only render lists of findings.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from enum import StrEnum
+
+MAX_MESSAGE = 4096  # characters a message may have; longer ones are clipped (see Finding.__post_init__)
 
 
 class Severity(StrEnum):
@@ -43,15 +45,32 @@ class Finding:
     qemu_counts: str | None = None  # the qemu-img check counter it adds to: corruptions, leaks, check-errors
     repeat: int = 1  # faults it stands for: a ".more" summary stands for those past the listing cap
 
+    def __post_init__(self) -> None:
+        # A backstop: the model clips image strings where it repeats them, but one message must never grow
+        # with the image (a 64 KiB name, a list of offsets). qemu_message stays whole: it must equal qemu's.
+        if len(self.message) > MAX_MESSAGE:
+            object.__setattr__(self, "message", clip_message(self.message))
+
     @property
     def refused_by_qemu(self) -> bool:
         return self.qemu_message is not None
 
     def to_json(self) -> dict:
-        data = asdict(self)
-        data["severity"] = str(self.severity)
-        return data
+        # dataclasses.asdict deep-copies field by field; for 80K findings that was most of a report's time
+        return {"code": self.code, "severity": str(self.severity), "message": self.message,
+                "structure": self.structure, "host_offset": self.host_offset, "guest_offset": self.guest_offset,
+                "qemu_message": self.qemu_message, "qemu_io_only": self.qemu_io_only, "qemu_check": self.qemu_check,
+                "qemu_counts": self.qemu_counts, "repeat": self.repeat}
 
     def one_line(self) -> str:
         where = self.structure if self.host_offset is None else f"{self.structure} at 0x{self.host_offset:x}"
         return f"{where}: {self.message}"
+
+
+def clip_message(message: str, limit: int = MAX_MESSAGE) -> str:
+    """``message`` cut to ``limit`` characters in all, ending with an ellipsis and its original length
+    (``"bitmap 'nnnn… (65574 characters)"``); a clipped message is not clipped again."""
+    if len(message) <= limit:
+        return message
+    tail = f"… ({len(message)} characters)"
+    return message[:max(limit - len(tail), 0)] + tail

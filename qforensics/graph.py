@@ -4,6 +4,9 @@ Built from the host layout walk (layout.build_layout with graph=True), so
 the graph and the checks see the same structures. Two structures that claim
 the same host cluster in different roles are joined by an "overlaps" edge
 both ways, which is how a table pointing into itself shows up as a cycle.
+Entries of one table that name the same structure are one edge: ``index`` is
+the first entry, ``count`` how many there are (an L1 of 4M entries may name
+the same few L2 tables over and over).
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ def build_graph(img: Image) -> tuple[nx.MultiDiGraph, Layout]:
         g.add_node(s.id, kind=s.role.name.lower(), offset=s.offset, offset_hex=f"0x{s.offset:x}",
                    length=s.length, owner=s.owner, label=s.label, count=s.count)
     for e in lay.edges or []:
-        g.add_edge(e.src, e.dst, kind=e.kind, index=e.index)
+        g.add_edge(e.src, e.dst, kind=e.kind, index=e.index, count=e.count)
     for c in lay.conflicts:
         host = f"0x{c.cluster << lay.cluster_bits:x}"
         g.add_edge(c.first, c.second, kind="overlaps", index=c.cluster, host_offset_hex=host)

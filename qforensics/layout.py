@@ -22,6 +22,7 @@ import numpy as np
 from .model import Image, Unreadable
 from .model import tables as T
 from .model.journal import find_journals
+from .text import clip
 
 
 class Role(IntEnum):
@@ -47,7 +48,8 @@ class Role(IntEnum):
 MAX_NODES = 4096  # structures of one kind (refcount blocks, L2 tables) kept one by one; the rest are grouped
 MAX_LISTED = 1000
 MAX_CONFLICTS = 10_000  # conflicts recorded in all (each is a finding): hostile overlaps stop there
-MAX_L1_WALK = 1 << 23  # L1 entries walked across the active and snapshot tables (two tables of QEMU's maximum)  # conflicts and ranges past EOF recorded per claim
+MAX_EXTENTS = 1 << 13  # data extents kept one by one in the graph; past it, each L2 table's data is one node
+MAX_SHARED_EDGES = 1 << 16  # edges from the L1 nodes of snapshots sharing one table; past it, the first only
 FREE = int(Role.FREE)  # for comparisons with the role array: numpy widens an IntEnum operand to int64
 SHAREABLE = {Role.L2_TABLE, Role.DATA, Role.COMPRESSED, Role.BITMAP_DATA, Role.JOURNAL}
 # roles claimed in bulk, whose owner is not kept per cluster (memory: one int per cluster of a 1 TiB file)
@@ -69,12 +71,14 @@ class Structure:
 
 @dataclass(frozen=True)
 class Edge:
-    """A reference: structure ``src`` points at ``dst`` through entry ``index`` of its table."""
+    """A reference: structure ``src`` points at ``dst`` through entry ``index`` of its table (the first of
+    ``count`` entries that name it: an L1 may name one L2 table millions of times)."""
 
     src: int
     dst: int
     kind: str
     index: int = 0
+    count: int = 1
 
 
 @dataclass
@@ -99,10 +103,12 @@ class Layout:
     compressed_ranges: list[tuple[np.ndarray, np.ndarray, int]] = field(default_factory=list)
     edges: list[Edge] | None = None  # recorded only when the layout is built for the graph
     header_node: Structure | None = None
+    extents: int = 0  # data extent nodes made so far (graph)
+    _streams: np.ndarray | None = None
 
-    def link(self, src: Structure, dst: Structure, kind: str, index: int = 0) -> None:
+    def link(self, src: Structure, dst: Structure, kind: str, index: int = 0, count: int = 1) -> None:
         if self.edges is not None:
-            self.edges.append(Edge(src.id, dst.id, kind, index))
+            self.edges.append(Edge(src.id, dst.id, kind, index, count))
 
     def add(self, role: Role, offset: int, length: int, owner: str, label: str, count: int = 1) -> Structure:
         s = Structure(len(self.structures), role, offset, length, owner, label, count)
@@ -177,6 +183,21 @@ class Layout:
             self.role[lo:hi] = role
         return True
 
+    def compressed_streams(self) -> np.ndarray:
+        """The distinct (start, end) byte ranges of the compressed streams, sorted, as rows: identical ranges
+        are one shared stream. Kept once made (a lexsort of the millions a garbage table may hold)."""
+        if self._streams is None:
+            if not self.compressed_ranges:
+                self._streams = np.zeros((0, 2), dtype=np.uint64)
+            else:
+                start = np.concatenate([r[0] for r in self.compressed_ranges])
+                end = np.concatenate([r[1] for r in self.compressed_ranges])
+                order = np.lexsort((end, start))
+                start, end = start[order], end[order]
+                keep = np.concatenate(([True], (start[1:] != start[:-1]) | (end[1:] != end[:-1])))
+                self._streams = np.stack([start[keep], end[keep]], axis=1)
+        return self._streams
+
     def free_clusters(self) -> np.ndarray:
         return self.clusters_with(Role.FREE)
 
@@ -218,46 +239,63 @@ def start_layout(img: Image, *, graph: bool = False) -> Layout:
     reft = img.refcount_table()
     if not isinstance(reft, Unreadable):
         _claim_refcount_blocks(lay, reftable, reft)
-    parents = {"active": (header, "l1_table_offset")}
+    snaptable = None
     if img.snapshots:
         last = img.snapshots[-1]
         snaptable = lay.add(Role.SNAPSHOT_TABLE, h.snapshots_offset,
                             last.entry_offset + last.entry_size - h.snapshots_offset, "image", "snapshot table")
         lay.claim_range(snaptable)
         lay.link(header, snaptable, "snapshots_offset")
-        parents.update({f"snapshot {s.id}": (snaptable, f"snapshot entry {s.index}") for s in img.snapshots})
     seen_l2: dict[int, Structure] = {}
-    walked: set[tuple[int, int]] = set()
-    budget = MAX_L1_WALK
-    for owner, offset, size in img.l1_tables():
-        if not size:
+    for group in img.l1_groups():
+        if not group.entries:
             continue
-        parent, via = parents[owner]
-        l1_node = lay.add(Role.L1_TABLE, offset, size * 8, owner, f"{owner} L1 table")
-        lay.claim_range(l1_node)
-        lay.link(parent, l1_node, via)
-        # identical tables are walked once; past the budget of entries, snapshot tables are claimed only
-        readable = max(0, min(size, (img.file.size - offset) // 8))
-        if (offset, size) in walked or (owner != "active" and readable > budget):
-            continue
-        walked.add((offset, size))
-        budget -= readable
-        refs = img.l2_references(offset, size)
-        new: list[tuple[int, Structure]] = []
-        for index, l2_offset in [] if isinstance(refs, Unreadable) else refs:
-            if l2_offset not in seen_l2:
-                s = lay.add(Role.L2_TABLE, l2_offset, cs, owner, f"{owner} L2 table at 0x{l2_offset:x}")
-                seen_l2[l2_offset] = s
-                new.append((index, s))
-            lay.link(l1_node, seen_l2[l2_offset], "L1 entry", index)
-        if new:
-            lay.claim_many(np.array([s.offset >> cb for _, s in new], dtype=np.int64),
-                           np.array([s.id for _, s in new], dtype=np.int32), Role.L2_TABLE)
-            if graph:
-                for index, s in new:
-                    _claim_data(img, lay, s, index)
+        l1_nodes = []
+        for k, owner in enumerate(group.owners):
+            l1_node = lay.add(Role.L1_TABLE, group.offset, group.entries * 8, owner,
+                              f"{owner} L1 table" + ("" if group.walked or not group.snapshots
+                                                     else " (not walked: budget)"))
+            lay.claim_range(l1_node)
+            if group.snapshots:
+                # one kind for all entries (4096 snapshots are not 4096 kinds of edge); the index says which
+                lay.link(snaptable, l1_node, "snapshot entry", group.snapshots[k].index)
             else:
-                lay.pending_data.update((s.offset, s) for _, s in new)
+                lay.link(header, l1_node, "l1_table_offset")
+            l1_nodes.append(l1_node)
+        # identical tables are walked once; past the budget of entries, snapshot tables are claimed only
+        if not group.walked:
+            continue
+        distinct, index, counts = img.l2_references(group.offset, group.entries)
+        owner = group.owners[0]
+        past = distinct >= np.uint64(img.file.size)
+        links: list[tuple[Structure, int, int]] = []  # (L2 node, first L1 index, entries naming it)
+        if past.any() and int(past.sum()) + len(seen_l2) > MAX_NODES:
+            # tables wholly past the end of the file read as zeros and claim nothing: one node for all of
+            # this table's, rather than millions
+            at = np.flatnonzero(past)
+            s = lay.add(Role.L2_TABLE, int(distinct[at].min()), cs, owner,
+                        f"{owner}: {at.size} L2 tables past the end of the file", count=int(at.size))
+            lay.past_eof.append((s.id, s.offset))
+            links.append((s, int(index[at].min()), int(counts[at].sum())))
+            keep = np.flatnonzero(~past)
+            distinct, index, counts = distinct[keep], index[keep], counts[keep]
+        made = [lay.add(Role.L2_TABLE, o, cs, owner, f"{owner} L2 table at 0x{o:x}")
+                for o in distinct.tolist() if o not in seen_l2]
+        seen_l2.update((s.offset, s) for s in made)
+        if lay.edges is not None:
+            links += zip([seen_l2[o] for o in distinct.tolist()], index.tolist(), counts.tolist(), strict=True)
+            for l1_node in l1_nodes if len(l1_nodes) * len(links) <= MAX_SHARED_EDGES else l1_nodes[:1]:
+                for s, i, c in links:
+                    lay.link(l1_node, s, "L1 entry", i, c)
+        if made:
+            lay.claim_many(np.array([s.offset >> cb for s in made], dtype=np.int64),
+                           np.array([s.id for s in made], dtype=np.int32), Role.L2_TABLE)
+            if graph:
+                first_index = dict(zip(distinct.tolist(), index.tolist(), strict=True))
+                for s in made:
+                    _claim_data(img, lay, s, first_index[s.offset])
+            else:
+                lay.pending_data.update((s.offset, s) for s in made if s.offset < img.file.size)
     lay.l2_tables = seen_l2
     return lay
 
@@ -331,8 +369,9 @@ def finish_layout(img: Image, lay: Layout, *, journals: bool = True) -> None:
         lay.claim_range(directory)
         lay.link(header, directory, "bitmaps extension")
         for b in img.bitmaps:
-            table_node = lay.add(Role.BITMAP_TABLE, b.table_offset, b.table_size * 8, f"bitmap {b.name}",
-                                 f"bitmap '{b.name}' table")
+            name = clip(b.name)
+            table_node = lay.add(Role.BITMAP_TABLE, b.table_offset, b.table_size * 8, f"bitmap {name}",
+                                 f"bitmap '{name}' table")
             lay.claim_range(table_node)
             lay.link(directory, table_node, "bitmap directory entry", b.index)
             t = img.bitmap_table(b)
@@ -340,8 +379,8 @@ def finish_layout(img: Image, lay: Layout, *, journals: bool = True) -> None:
                 data = t & T.BME_OFFSET_MASK
                 data = data[(data != 0) & (data % np.uint64(cs) == 0)]
                 if data.size:
-                    node = lay.add(Role.BITMAP_DATA, int(data.min()), int(data.size) * cs, f"bitmap {b.name}",
-                                   f"bitmap '{b.name}' data ({data.size} clusters)")
+                    node = lay.add(Role.BITMAP_DATA, int(data.min()), int(data.size) * cs, f"bitmap {name}",
+                                   f"bitmap '{name}' data ({data.size} clusters)")
                     lay.claim((data >> np.uint64(cb)).astype(np.int64), node)
                     lay.link(table_node, node, "bitmap table entries")
     if img.luks is not None:
@@ -359,8 +398,9 @@ def finish_layout(img: Image, lay: Layout, *, journals: bool = True) -> None:
                 lay.claim_range(node)
                 lay.link(dedup, node, "dedup level-1 entry", i)
     for b in img.draft_bitmaps:
-        l1_node = lay.add(Role.DRAFT_BITMAP, b.l1_table_offset, b.l1_size * 8, f"draft bitmap {b.name}",
-                          f"draft bitmap '{b.name}' L1")
+        name = clip(b.name)
+        l1_node = lay.add(Role.DRAFT_BITMAP, b.l1_table_offset, b.l1_size * 8, f"draft bitmap {name}",
+                          f"draft bitmap '{name}' L1")
         lay.claim_range(l1_node)
         lay.link(header, l1_node, "dirty bitmap table entry", b.index)
         l1 = img.l1_table(b.l1_table_offset, b.l1_size)
@@ -368,8 +408,8 @@ def finish_layout(img: Image, lay: Layout, *, journals: bool = True) -> None:
             data = l1 & T.L2E_OFFSET_MASK
             data = data[data != 0]
             if data.size:
-                node = lay.add(Role.DRAFT_BITMAP, int(data.min()), int(data.size) * cs, f"draft bitmap {b.name}",
-                               f"draft bitmap '{b.name}' data")
+                node = lay.add(Role.DRAFT_BITMAP, int(data.min()), int(data.size) * cs, f"draft bitmap {name}",
+                               f"draft bitmap '{name}' data")
                 lay.claim((data >> np.uint64(cb)).astype(np.int64), node)
                 lay.link(l1_node, node, "L1 entries")
     resolve_data_owners(img, lay, seen_l2)
@@ -392,7 +432,7 @@ def resolve_data_owners(img: Image, lay: Layout, l2_tables: dict[int, Structure]
         return
     found: dict[int, int] = {}
     wanted = np.array(sorted(unknown), dtype=np.uint64)
-    for offsets, desc, _ in img.l2_batches(list(l2_tables)):
+    for offsets, desc, _ in img.l2_batches([o for o in l2_tables if o < img.file.size]):
         hits = np.isin((desc & T.L2E_OFFSET_MASK) >> np.uint64(lay.cluster_bits), wanted)
         for r, k in zip(*np.nonzero(hits), strict=True):
             cluster = int(desc[r, k] & T.L2E_OFFSET_MASK) >> lay.cluster_bits
@@ -469,18 +509,28 @@ def _claim_data(img: Image, lay: Layout, l2: Structure, l1_index: int) -> None:
     cb, cs = h.cluster_bits, h.cluster_size
     compressed = (desc & T.OFLAG_COMPRESSED) != 0
     offsets = desc & T.L2E_OFFSET_MASK
-    index = np.nonzero(~compressed & (offsets != 0) & (offsets % np.uint64(cs) == 0))[0]
+    index = np.flatnonzero(~compressed & (offsets != 0) & (offsets % np.uint64(cs) == 0))
     std = offsets[index]
     if std.size:
-        breaks = np.nonzero((np.diff(std) != np.uint64(cs)) | (np.diff(index) != 1))[0] + 1
-        for run_index, run in zip(np.split(index, breaks), np.split(std, breaks), strict=True):
-            first = int(run[0])
-            guest = (l1_index * h.l2_entries + int(run_index[0])) * cs
-            node = lay.add(Role.DATA, first, len(run) * cs, l2.owner,
-                           f"data 0x{first:x}+{len(run) * cs:#x} (guest 0x{guest:x})", count=len(run))
-            lay.claim((run >> np.uint64(cb)).astype(np.int64), node)
-            lay.link(l2, node, "L2 entry", int(run_index[0]))
+        breaks = np.flatnonzero((np.diff(std) != np.uint64(cs)) | (np.diff(index) != 1)) + 1
+        if lay.extents + breaks.size + 1 > MAX_EXTENTS:
+            # past the budget of extent nodes (a table of garbage is thousands of one-cluster extents)
+            node = lay.add(Role.DATA, int(std.min()), std.size * cs, l2.owner,
+                           f"data of L2 table at 0x{l2.offset:x} ({std.size} clusters in {breaks.size + 1} extents)",
+                           count=int(std.size))
+            lay.claim((std >> np.uint64(cb)).astype(np.int64), node)
+            lay.link(l2, node, "L2 entries", int(index[0]), int(index.size))
             lay.data_of_l2.setdefault(l2.offset, node.id)
+        else:
+            lay.extents += breaks.size + 1
+            for run_index, run in zip(np.split(index, breaks), np.split(std, breaks), strict=True):
+                first = int(run[0])
+                guest = (l1_index * h.l2_entries + int(run_index[0])) * cs
+                node = lay.add(Role.DATA, first, len(run) * cs, l2.owner,
+                               f"data 0x{first:x}+{len(run) * cs:#x} (guest 0x{guest:x})", count=len(run))
+                lay.claim((run >> np.uint64(cb)).astype(np.int64), node)
+                lay.link(l2, node, "L2 entry", int(run_index[0]))
+                lay.data_of_l2.setdefault(l2.offset, node.id)
     if compressed.any():
         start, sectors = T.compressed_fields(desc[compressed], cb)
         end = start + sectors * np.uint64(512) - (start & np.uint64(511))

@@ -21,7 +21,6 @@ method (`--hash`):
 from __future__ import annotations
 
 import base64
-import errno
 import hashlib
 import os
 import shlex
@@ -40,6 +39,7 @@ from .checks import check_image
 from .findings import Severity
 from .graph import build_graph, summarize
 from .info import build_info
+from .layers.file import seek_extents
 from .layout import Role
 from .model import Image
 
@@ -90,19 +90,9 @@ print(h.hexdigest())
 
 
 def data_extents(fd: int, size: int) -> list[tuple[int, int]]:
-    """(offset, length) of each data extent, as SEEK_DATA/SEEK_HOLE list them (raises where they do not exist)."""
-    extents, pos = [], 0
-    while pos < size:
-        try:
-            start = os.lseek(fd, pos, os.SEEK_DATA)
-        except OSError as exc:
-            if exc.errno != errno.ENXIO:  # ENXIO: nothing but a hole past pos
-                raise
-            break
-        end = os.lseek(fd, start, os.SEEK_HOLE)
-        extents.append((start, end - start))
-        pos = end
-    return extents
+    """(offset, length) of each data extent, as SEEK_DATA/SEEK_HOLE list them (raises where they do not exist:
+    a sparse digest must not quietly become a digest of other extents)."""
+    return [(start, end - start) for start, end in seek_extents(fd, size, strict=True)]
 
 
 def human_size(n: int) -> str:

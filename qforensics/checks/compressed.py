@@ -41,44 +41,81 @@ def inflate(raw: bytes, cluster_size: int, algorithm: int) -> tuple[bytes, int, 
 
 
 MAX_INFLATED = 256 << 20  # total output inflated per image; the streams past it are not inflated
+MAX_READ = 256 << 20  # stored bytes read: garbage streams fail at once, so output alone bounds nothing
+MAX_STREAMS = 1 << 16  # streams tried (each costs a read and a decompressor)
+MAX_LISTED = 10_000  # findings of one code listed; the rest are counted in a ".more" summary
 
 
 def check_compressed(img: Image, layout: Layout) -> tuple[list[Finding], dict[int, int]]:
-    """Findings for streams that do not inflate to one cluster, and the exact end of each stream by start."""
+    """Findings for streams that do not inflate to one cluster, and the exact end of each stream inflated
+    by start (a stream starting past the end of the file ends where it starts)."""
     if not layout.compressed_ranges:
         return [], {}
     h = img.header
     cs = h.cluster_size
-    start = np.concatenate([r[0] for r in layout.compressed_ranges])
-    end = np.concatenate([r[1] for r in layout.compressed_ranges])
-    pairs = np.unique(np.stack([start, end], axis=1), axis=0)
+    pairs = layout.compressed_streams()
     out: list[Finding] = []
+    more: dict[str, int] = {}
+
+    def add(code: str, message: str, offset: int) -> None:
+        if listed.get(code, 0) < MAX_LISTED:
+            listed[code] = listed.get(code, 0) + 1
+            out.append(Finding(code, Severity.WARNING, message, "compressed data", offset))
+        else:
+            more[code] = more.get(code, 0) + 1
+
+    listed: dict[str, int] = {}
     exact: dict[int, int] = {}
     algorithm = h.compression_type
     name = {0: "deflate", 1: "zstd"}.get(algorithm, f"type {algorithm}")
-    budget = MAX_INFLATED
-    left = 0
-    for s, e in pairs.tolist():
-        if budget < cs and s < img.file.size:
-            left += 1  # over the budget: not inflated (its stored end stands for the overlap check)
-            continue
+    # sorted by start: the streams that begin past the end of the file come last, and have nothing to inflate
+    inside = int(np.searchsorted(pairs[:, 0], np.uint64(img.file.size)))
+    output, read, tried = MAX_INFLATED, MAX_READ, 0
+    for s, e in pairs[:inside].tolist():
+        if output < cs or read < e - s or tried == MAX_STREAMS:
+            break  # over the budget: the rest are not inflated (their stored ends stand for the overlap check)
+        tried += 1
         raw = img.file.read(s, e - s)
+        read -= len(raw)
         if len(raw) < e - s:
-            out.append(Finding("compressed.truncated", Severity.WARNING, f"compressed stream at 0x{s:x} needs "
-                               f"{e - s} bytes but the file ends at 0x{img.file.size:x}", "compressed data", s))
+            add("compressed.truncated", f"compressed stream at 0x{s:x} needs {e - s} bytes but the file "
+                f"ends at 0x{img.file.size:x}", s)
         data, consumed, error = inflate(raw, cs, algorithm)
-        budget -= len(data)
+        output -= len(data)
         exact[s] = s + consumed
         if error is not None:
-            out.append(Finding("compressed.inflate_error", Severity.WARNING,
-                               f"compressed stream at 0x{s:x} ({e - s} bytes stored) does not inflate with {name}: "
-                               f"{error}", "compressed data", s))
+            add("compressed.inflate_error", f"compressed stream at 0x{s:x} ({e - s} bytes stored) does "
+                f"not inflate with {name}: {error}", s)
         elif len(data) != cs:
-            out.append(Finding("compressed.wrong_length", Severity.WARNING,
-                               f"compressed stream at 0x{s:x} inflates to {len(data)} bytes, not one cluster "
-                               f"({cs})", "compressed data", s))
+            add("compressed.wrong_length", f"compressed stream at 0x{s:x} inflates to {len(data)} bytes, "
+                f"not one cluster ({cs})", s)
+    left = inside - tried
+    past = pairs[inside:]
+    if past.size:
+        # nothing of them is in the file: truncated, and what inflating nothing gives, for each (each
+        # consumes nothing: the overlap check takes their start as their end)
+        data, _, error = inflate(b"", cs, algorithm)
+        for s, e in past[:MAX_LISTED].tolist():
+            add("compressed.truncated", f"compressed stream at 0x{s:x} needs {e - s} bytes but the file "
+                f"ends at 0x{img.file.size:x}", s)
+            if error is not None:
+                add("compressed.inflate_error", f"compressed stream at 0x{s:x} ({e - s} bytes stored) does "
+                    f"not inflate with {name}: {error}", s)
+            elif len(data) != cs:
+                add("compressed.wrong_length", f"compressed stream at 0x{s:x} inflates to {len(data)} "
+                    f"bytes, not one cluster ({cs})", s)
+        rest = len(past) - min(len(past), MAX_LISTED)
+        if rest:
+            more["compressed.truncated"] = more.get("compressed.truncated", 0) + rest
+            code = "compressed.inflate_error" if error is not None else "compressed.wrong_length"
+            more[code] = more.get(code, 0) + rest * (error is not None or len(data) != cs)
     if left:
         out.append(Finding("compressed.not_inflated", Severity.INFO,
-                           f"{left} of {len(pairs)} compressed streams were not inflated: the {MAX_INFLATED >> 20} MiB "
-                           "budget of inflated output was spent", "compressed data", None))
+                           f"{left} of {len(pairs)} compressed streams were not inflated: the budget of "
+                           f"{MAX_INFLATED >> 20} MiB inflated, {MAX_READ >> 20} MiB read or {MAX_STREAMS} streams "
+                           "was spent", "compressed data", None))
+    for code, n in more.items():
+        if n:
+            out.append(Finding(code + ".more", Severity.INFO, f"{n} more findings of {code} not listed", "report",
+                               None, repeat=n))
     return out, exact

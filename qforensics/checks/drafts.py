@@ -20,6 +20,7 @@ from ..model import Image, Unreadable
 from ..model import tables as T
 from ..model.dedup import ENTRY_SIZE, dedup_entries
 from ..model.journal import JOURNAL_CLUSTER, TYPE_END, TYPE_HASH, TYPE_NONE, find_journals
+from ..text import clip
 
 MAX_PER_CODE = 1000
 
@@ -180,7 +181,7 @@ def check_draft_bitmaps(img: Image) -> list[Finding]:
     cs = h.cluster_size
     out: list[Finding] = []
     for b in img.draft_bitmaps:
-        where = f"draft bitmap '{b.name}'"
+        where = f"draft bitmap '{clip(b.name)}'"
         if b.granularity < 512 or b.granularity & (b.granularity - 1):
             out.append(Finding("draft_bitmaps.granularity", Severity.WARNING, f"granularity {b.granularity} is not a "
                                "power of two of at least 512", where, b.entry_offset))

@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..findings import Finding, Severity
-from ..model import Image, Unreadable
+from ..model import Image
 from ..model import tables as T
 
 MAX_PER_TABLE = 64
@@ -27,10 +27,16 @@ def check_entries(img: Image) -> list[Finding]:
         return []  # none of these rules can apply: no need to read the L2 tables again
     out: list[Finding] = []
     seen: set[int] = set()
-    for owner, l1_offset, l1_size in img.l1_tables():
-        refs = img.l2_references(l1_offset, l1_size)
-        new = {o: i for i, o in ([] if isinstance(refs, Unreadable) else refs) if o not in seen}
+    for group in img.l1_groups():
+        if not group.walked:
+            continue  # past the budget of L1 entries (check says so)
+        distinct, first, _ = img.l2_references(group.offset, group.entries)
+        # tables another owner named first are judged once, under that owner; past the end of the file
+        # a table reads as zeros, where no rule applies
+        new = {o: i for o, i in zip(distinct.tolist(), first.tolist(), strict=True)
+               if o not in seen and o < img.file.size}
         seen |= new.keys()
+        owner = group.owners[0]
         for offsets, desc, bitmap in img.l2_batches(list(new)):
             for r, l2_offset in enumerate(offsets):
                 out += _l2_rules(img, owner, new[l2_offset], l2_offset, desc[r], None if bitmap is None else bitmap[r])

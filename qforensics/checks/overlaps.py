@@ -42,10 +42,18 @@ def _compressed_overlaps(layout: Layout, exact_ends: dict[int, int]) -> list[Fin
     """
     if not layout.compressed_ranges:
         return []
-    start = np.concatenate([r[0] for r in layout.compressed_ranges])
-    end = np.concatenate([r[1] for r in layout.compressed_ranges])
-    pairs = np.unique(np.stack([start, end], axis=1), axis=0)  # identical ranges are shared streams
-    real_end = np.array([exact_ends.get(int(s), int(e) - 511) for s, e in pairs.tolist()], dtype=np.uint64)
+    pairs = layout.compressed_streams()  # identical ranges are shared streams
+    # the inflated end where known; past the end of the file a stream consumes nothing; else the stored
+    # end less the most its last sector can be short of it
+    real_end = np.where(pairs[:, 0] >= np.uint64(layout.file_size), pairs[:, 0], pairs[:, 1] - np.uint64(511))
+    if exact_ends:
+        known = np.fromiter(exact_ends.keys(), dtype=np.uint64, count=len(exact_ends))
+        ends = np.fromiter(exact_ends.values(), dtype=np.uint64, count=len(exact_ends))
+        order = np.argsort(known)
+        known, ends = known[order], ends[order]
+        at = np.minimum(np.searchsorted(known, pairs[:, 0]), known.size - 1)
+        hit = known[at] == pairs[:, 0]
+        real_end[hit] = ends[at[hit]]
     out: list[Finding] = []
     if len(pairs) > 1:
         bad = np.nonzero(pairs[1:, 0] < real_end[:-1])[0]

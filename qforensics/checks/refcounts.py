@@ -7,21 +7,27 @@ qcow2_check_bitmaps_refcounts; block/qcow2-snapshot.c
 qcow2_check_read_snapshot_table. Each finding carries the line qemu prints
 (`qemu_check`) and the counter it adds to (`qemu_counts`).
 
-References are counted in a numpy array (the in-memory refcount table);
-each L2 table is decoded once per visit with vectorised masks.
+References are counted in a numpy array (the in-memory refcount table).
+QEMU walks an L2 table once for every L1 entry that names it, and a snapshot's
+L1 once for every snapshot entry; here each distinct L2 table is read once,
+across the active walk and across all snapshot walks, and its references and
+findings are multiplied (the counters stay qemu's to the unit).
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from ..findings import Finding, Severity
-from ..model import Image, Unreadable
+from ..model import Image, Unreadable, image
 from ..model import tables as T
 from ..model.header import QCOW_MAX_L1_SIZE, QCOW_MAX_SNAPSHOTS, _table_offset_invalid
+from ..model.image import L1Group
+from ..text import clip
 
 MAX_FINDINGS_PER_CODE = 10_000
 MAX_RUNS = 256  # sorted references in at most this many contiguous runs are counted run by run
@@ -31,6 +37,28 @@ COMPARE_PIECE = 1 << 15  # within a chunk whose refcounts are all readable, clus
 L2_BITMAP_ALL_ALLOC = np.uint64(0xFFFFFFFF)
 # qcow2_get_cluster_type
 UNALLOCATED, NORMAL, COMPRESSED, ZERO_PLAIN, ZERO_ALLOC = range(5)
+# stands for the owner in the texts of a walk several owners share; each finding is written once per owner
+OWNER = "\ue000owner\ue000"
+Refs = list[tuple[str | None, int]]  # (owner, references) behind one fault; owner None: the text is final
+
+
+@dataclass
+class _Batch:
+    """A batch of distinct L2 tables being checked: ``weight[r]`` references to table ``r`` in all (None: one
+    each), ``refs(r)`` who makes them."""
+
+    offsets: list[int]
+    weight: np.ndarray | None
+    refs: Callable[[int], Refs]
+
+
+@dataclass
+class _Tables:
+    """The distinct L2 tables of a walk, in the order QEMU first meets them, and who references each."""
+
+    offsets: np.ndarray
+    weight: np.ndarray
+    refs: Callable[[int], Refs]
 
 
 @dataclass
@@ -76,17 +104,20 @@ class _Run:
     # -- findings ---------------------------------------------------------------------------------------
 
     def add(self, code: str, severity: Severity, message: str, structure: str, host_offset: int | None,
-            qemu_check: str | None, counts: str | None = "corruptions", guest_offset: int | None = None) -> None:
-        n = self.per_code.get(code, 0)
-        self.per_code[code] = n + 1
+            qemu_check: str | None, counts: str | None = "corruptions", guest_offset: int | None = None,
+            refs: Refs | None = None) -> None:
+        """One finding, or with ``refs`` one per reference (``OWNER`` in the texts replaced by each owner)."""
         if self.qemu_stopped:
             qemu_check = counts = None
-        if n >= MAX_FINDINGS_PER_CODE:
-            key = (code, counts)  # the summary still adds to qemu's counter, so it stays exact
-            self.dropped[key] = self.dropped.get(key, 0) + 1
-            return
-        self.findings.append(Finding(code, severity, message, structure, host_offset, guest_offset,
-                                     qemu_check=qemu_check, qemu_counts=counts))
+        for owner, times in refs or ((None, 1),):
+            listed = min(times, self.room(code))
+            if listed:
+                self.per_code[code] = self.per_code.get(code, 0) + listed
+                f = Finding(code, severity, message if owner is None else message.replace(OWNER, owner),
+                            structure if owner is None else structure.replace(OWNER, owner), host_offset,
+                            guest_offset, qemu_check=qemu_check, qemu_counts=counts)
+                self.findings.extend((f,) * listed)
+            self.skip(code, times - listed, counts)  # the summary still adds to qemu's counter, so it stays exact
 
     def room(self, code: str) -> int:
         """How many more findings of ``code`` can be listed before the cap."""
@@ -102,8 +133,8 @@ class _Run:
 
     # -- in-memory refcount table ------------------------------------------------------------------------
 
-    def inc_range(self, offset: int, size: int, what: str) -> None:
-        """qcow2_inc_refcounts_imrt for one byte range."""
+    def inc_range(self, offset: int, size: int, what: str, refs: Refs | None = None) -> None:
+        """qcow2_inc_refcounts_imrt for one byte range, once, or once for each reference of ``refs``."""
         if size <= 0:
             return
         if offset + size - self.file_size >= self.cs:
@@ -111,31 +142,37 @@ class _Run:
                      f"{what} at 0x{offset:x} (+0x{size:x}) runs one cluster or more past the end of the file "
                      f"(0x{self.file_size:x})", what, offset,
                      f"ERROR: counting reference for region exceeding the end of the file by one cluster or more: "
-                     f"offset 0x{offset:x} size 0x{size:x}")
+                     f"offset 0x{offset:x} size 0x{size:x}", refs=refs)
             return
         first, last = offset >> self.cb, (offset + size - 1) >> self.cb
         self.extent = max(self.extent, last + 1)
-        self.increment_range(first, last + 1)
+        self.increment_range(first, last + 1, 1 if refs is None else sum(t for _, t in refs))
 
-    def inc_clusters(self, offsets: np.ndarray, sizes: np.ndarray | int, what: str) -> None:
-        """inc_range for many ranges at once (vectorised)."""
+    def inc_clusters(self, offsets: np.ndarray, sizes: np.ndarray | int, what: str,
+                     weights: np.ndarray | int | None = None, refs_of: Callable[[int], Refs] | None = None) -> None:
+        """inc_range for many ranges at once (vectorised); range ``k`` ``weights[k]`` times (made by
+        ``refs_of(k)``, for the findings) when weights are given."""
         if offsets.size == 0:
             return
         offsets = offsets.astype(np.uint64, copy=False)
         if isinstance(sizes, int) and sizes == self.cs and not (offsets & np.uint64(self.cs - 1)).any() and \
                 int(offsets.max()) < self.file_size:
-            self._increment_clusters((offsets >> np.uint64(self.cb)).astype(np.int64))  # aligned, inside the file
+            # aligned, inside the file
+            self._increment_clusters((offsets >> np.uint64(self.cb)).astype(np.int64), weights)
             return
         sizes = np.broadcast_to(np.asarray(sizes, dtype=np.uint64), offsets.shape)
         end = offsets + sizes
         past = end > np.uint64(self.file_size) + np.uint64(self.cs - 1)
+        per_range = weights is not None and np.ndim(weights) > 0
         if past.any():
-            po, ps = offsets[past], sizes[past]
-            room = self.room("refcount.reference_past_eof")
-            for o, n in zip(po[:room].tolist(), ps[:room].tolist(), strict=True):
-                self.inc_range(o, n, what)
-            self.skip("refcount.reference_past_eof", po.size - min(room, po.size))
-        offsets, end = offsets[~past], end[~past]
+            code = "refcount.reference_past_eof"
+            weight_of = None if weights is None else \
+                (lambda where: weights[where]) if per_range else (lambda where: np.full(where.size, weights))
+            for k in _listed(self, code, past, weight_of=weight_of):
+                self.inc_range(int(offsets[k]), int(sizes[k]), what, None if refs_of is None else refs_of(k))
+            offsets, end = offsets[~past], end[~past]
+            if per_range:
+                weights = weights[~past]
         if offsets.size == 0:
             return
         first = (offsets >> np.uint64(self.cb)).astype(np.int64)
@@ -143,12 +180,23 @@ class _Run:
         self.extent = max(self.extent, int(last.max()) + 1)
         span = last - first
         for k in range(int(span.max()) + 1):
-            self._increment_clusters((first + k)[span >= k])
+            sel = span >= k
+            self._increment_clusters((first + k)[sel], weights[sel] if per_range else weights)
 
-    def _increment_clusters(self, idx: np.ndarray) -> None:
-        """One reference to each listed cluster (repeats counted)."""
+    def _increment_clusters(self, idx: np.ndarray, weights: np.ndarray | int | None = None) -> None:
+        """One reference to each listed cluster (repeats counted), or ``weights[k]`` to cluster ``idx[k]``."""
         if idx.size == 0:
             return
+        if weights is not None and np.ndim(weights) > 0:
+            if (weights == weights[0]).all():
+                weights = int(weights[0])
+            else:
+                order = np.argsort(idx, kind="stable")
+                idx = idx[order]
+                starts = np.flatnonzero(np.concatenate(([True], idx[1:] != idx[:-1])))
+                self.increment(idx[starts], np.add.reduceat(weights[order].astype(np.int64), starts))
+                return
+        times = 1 if weights is None else int(weights)
         steps = np.diff(idx)
         breaks = np.flatnonzero(steps != 1)
         if breaks.size <= MAX_RUNS and (steps > 0).all():
@@ -156,29 +204,31 @@ class _Run:
             starts = np.concatenate(([0], breaks + 1))
             ends = np.concatenate((breaks + 1, [idx.size]))
             for a, b in zip(starts.tolist(), ends.tolist(), strict=True):
-                self.increment_range(int(idx[a]), int(idx[b - 1]) + 1)
+                self.increment_range(int(idx[a]), int(idx[b - 1]) + 1, times)
         elif (steps > 0).all():
-            self.increment(idx, 1)
+            self.increment(idx, times)
         else:
             idx, n = np.unique(idx, return_counts=True)
-            self.increment(idx, n)
+            self.increment(idx, n * times)
 
-    def increment_range(self, lo: int, hi: int) -> None:
-        """imrt[lo:hi] += 1 for a contiguous run, saturating as ``increment`` does."""
+    def increment_range(self, lo: int, hi: int, times: int = 1) -> None:
+        """imrt[lo:hi] += times for a contiguous run, saturating as ``increment`` does."""
         seg = self.imrt[lo:hi]
-        if seg.size and seg.max() == self.refcount_max:  # a reduction, no temporary: saturation is rare
-            full = seg == self.refcount_max
-            for c in (np.nonzero(full)[0] + lo).tolist():
-                self.overflows[c] = self.overflows.get(c, 0) + 1
-            seg[~full] += 1
+        if seg.size and int(seg.max()) > self.refcount_max - times:  # a reduction, no temporary: saturation is rare
+            wide = seg.astype(object if self.refcount_max >= 0xFFFFFFFF else np.int64) + times
+            over = wide > self.refcount_max
+            for c, extra in zip((np.flatnonzero(over) + lo).tolist(), (wide[over] - self.refcount_max).tolist(),
+                                strict=True):
+                self.overflows[c] = self.overflows.get(c, 0) + int(extra)
+            seg[:] = np.minimum(wide, self.refcount_max).astype(self.dtype)
         else:
-            seg += 1
+            seg += times
 
     def increment(self, idx: np.ndarray, n: np.ndarray | int) -> None:
         """imrt[idx] += n for distinct idx, saturating at refcount_max as qemu does (each refused
         increment is an overflow error)."""
-        if self.refcount_max >= 0xFFFFFFFF:
-            new = self.imrt[idx].astype(object) + n  # exact for 64-bit refcounts
+        if self.refcount_max >= 0xFFFFFFFF:  # exact for 64-bit refcounts
+            new = self.imrt[idx].astype(object) + (int(n) if np.ndim(n) == 0 else np.asarray(n).astype(object))
         else:
             new = self.imrt[idx].astype(np.int64) + n
         over = new > self.refcount_max
@@ -286,14 +336,19 @@ class _Run:
             stored, unreadable = self.stored_range(lo, hi)  # a contiguous run: whole blocks at a time
             return stored.astype(np.uint64), (bad if unreadable is None else unreadable)
         rt = clusters // self.per_block
-        order = np.argsort(rt, kind="stable")
-        edges = np.flatnonzero(np.diff(rt[order])) + 1
-        for sel in np.split(order, edges):
-            blk = self.block(int(rt[sel[0]]))
-            if blk is None:
-                bad[sel] = True
-            else:
-                values[sel] = blk[clusters[sel] % self.per_block]
+        # clusters past the table or under a zero entry have refcount 0: only real blocks are looked up
+        # (garbage entries name a different block each, millions of them)
+        at = np.flatnonzero(rt < min(self.reftable_entries, len(self.reftable)))
+        block_offsets = self.reftable[rt[at]] & T.REFT_OFFSET_MASK
+        at, block_offsets = at[block_offsets != 0], block_offsets[block_offsets != 0]
+        unaligned = block_offsets % np.uint64(self.cs) != 0
+        bad[at[unaligned]] = True
+        at = at[~unaligned]
+        if at.size:
+            order = at[np.argsort(rt[at], kind="stable")]
+            edges = np.flatnonzero(np.diff(rt[order])) + 1
+            for sel in np.split(order, edges):
+                values[sel] = self.block(int(rt[sel[0]]))[clusters[sel] % self.per_block]
         return values, bad
 
 
@@ -310,20 +365,17 @@ def _cluster_types(desc: np.ndarray, extended: bool, data_file: bool) -> np.ndar
     return types
 
 
-def _read_padded(img: Image, offset: int, length: int) -> bytes:
-    """What qemu's bdrv_pread returns: the file's bytes, zeros past its end."""
-    return img.file.read(offset, length).ljust(length, b"\0")
-
-
-def _check_l2_batch(run: _Run, offsets: list[int], desc2: np.ndarray, bitmap2: np.ndarray | None, owner: str,
+def _check_l2_batch(run: _Run, b: _Batch, desc2: np.ndarray, bitmap2: np.ndarray | None, owner: str,
                     frag: bool) -> tuple[np.ndarray, np.ndarray]:
-    """check_refcounts_l2 for a batch of L2 tables (rows), vectorised.
+    """check_refcounts_l2 for a batch of distinct L2 tables (rows), vectorised, each as many times as it is
+    referenced (``b.weight``).
 
     Returns the indices of the allocated entries (NORMAL and ZERO_ALLOC) and their host offsets.
     """
     h = run.img.header
     n, esize = desc2.shape[1], h.l2_entry_size
     desc = desc2.ravel()
+    offsets = b.offsets
     extended = bitmap2 is not None
     if not extended and not h.has_data_file:
         # the usual batch: no compressed, zero-flagged, reserved-bit or unaligned entry: no rule can fire
@@ -332,139 +384,220 @@ def _check_l2_batch(run: _Run, offsets: list[int], desc2: np.ndarray, bitmap2: n
             offs = desc & T.L2E_OFFSET_MASK
             alloc = np.flatnonzero(offs)
             offs = offs[alloc]
-            _count_allocated(run, alloc, offs, n, frag, owner)
+            _count_allocated(run, b, alloc, offs, n, frag, owner)
             return alloc, offs
     bitmap = bitmap2.ravel() if extended else None
     types = _cluster_types(desc, h.extended_l2, h.has_data_file)
+    weight_of = None if b.weight is None else (lambda where: b.weight[where // n])  # findings per entry
 
     def where(k: int) -> tuple[str, int]:
         return f"{owner} L2 table at 0x{offsets[k // n]:x}", offsets[k // n] + (k % n) * esize
 
-    for k in np.nonzero((types != COMPRESSED) & ((desc & T.L2E_STD_RESERVED_MASK) != 0))[0].tolist():
+    for k in _listed(run, "l2.reserved_bits", (types != COMPRESSED) & ((desc & T.L2E_STD_RESERVED_MASK) != 0),
+                     weight_of=weight_of):
         e = int(desc[k])
         run.add("l2.reserved_bits", Severity.CORRUPTION, f"L2 entry {k % n} 0x{e:016x} has reserved bits set "
                 f"(0x{e & int(T.L2E_STD_RESERVED_MASK):x})", *where(k),
-                f"ERROR found l2 entry with reserved bits set: {e:x}")
+                f"ERROR found l2 entry with reserved bits set: {e:x}", refs=b.refs(k // n))
 
     comp = types == COMPRESSED
     if comp.any():
         mask = (1 << (62 - (h.cluster_bits - 8))) - 1
-        for k in np.nonzero(comp & ((desc & T.OFLAG_COPIED) != 0))[0].tolist():
+        for k in _listed(run, "l2.compressed_copied", comp & ((desc & T.OFLAG_COPIED) != 0), weight_of=weight_of):
             run.add("l2.compressed_copied", Severity.CORRUPTION, f"compressed L2 entry {k % n} has OFLAG_COPIED set",
                     *where(k), f"ERROR: coffset=0x{int(desc[k]) & mask:x}: copied flag must never be set for "
-                    "compressed clusters")
+                    "compressed clusters", refs=b.refs(k // n))
         refused = comp.copy() if h.has_data_file else (comp & (bitmap != 0) if extended else np.zeros_like(comp))
-        for k in np.nonzero(refused)[0].tolist():
-            e = int(desc[k]) & ~(1 << 63)
-            if h.has_data_file:
+        if h.has_data_file:
+            for k in _listed(run, "l2.compressed_with_data_file", refused, weight_of=weight_of):
                 run.add("l2.compressed_with_data_file", Severity.CORRUPTION, f"compressed L2 entry {k % n} in an "
                         "image with an external data file", *where(k),
-                        f"ERROR compressed cluster {k % n} with data file, entry=0x{e:x}")
-            else:
+                        f"ERROR compressed cluster {k % n} with data file, entry=0x{int(desc[k]) & ~(1 << 63):x}",
+                        refs=b.refs(k // n))
+        else:
+            for k in _listed(run, "l2.compressed_subcluster_bitmap", refused, weight_of=weight_of):
                 run.add("l2.compressed_subcluster_bitmap", Severity.CORRUPTION, f"compressed L2 entry {k % n} has "
                         f"subcluster bitmap 0x{int(bitmap[k]):x} (must be 0)", *where(k),
-                        f"ERROR compressed cluster {k % n} with non-zero subcluster allocation bitmap, entry=0x{e:x}")
-        counted = comp & ~refused
-        if counted.any():
+                        f"ERROR compressed cluster {k % n} with non-zero subcluster allocation bitmap, "
+                        f"entry=0x{int(desc[k]) & ~(1 << 63):x}", refs=b.refs(k // n))
+        counted = np.flatnonzero(comp & ~refused)
+        if counted.size:
             coffset, sectors = T.compressed_fields(desc[counted], h.cluster_bits)
+            w = None if b.weight is None else b.weight[counted // n]
             run.inc_clusters(coffset, sectors * np.uint64(512) - (coffset & np.uint64(511)),
-                             f"{owner} compressed data")
+                             f"{owner} compressed data", w, lambda j: b.refs(int(counted[j]) // n))
             if frag:
-                c = int(counted.sum())
+                c = counted.size if w is None else int(w.sum())
                 run.stats.allocated_clusters += c
                 run.stats.compressed_clusters += c
                 run.stats.fragmented_clusters += c
 
-    alloc = np.nonzero((types == NORMAL) | (types == ZERO_ALLOC))[0]
+    alloc = np.flatnonzero((types == NORMAL) | (types == ZERO_ALLOC))
     if alloc.size:
         offs = desc[alloc] & T.L2E_OFFSET_MASK
-        bms = bitmap[alloc] if extended else np.zeros(0, dtype=np.uint64)
-        both = np.nonzero(((bms >> np.uint64(32)) & bms) != 0)[0]
-        for k, o in zip(alloc[both].tolist(), offs[both].tolist(), strict=True):
-            run.add("l2.subcluster_alloc_and_zero", Severity.CORRUPTION, f"L2 entry {k % n}: subclusters both "
-                    f"allocated and zero (bitmap 0x{int(bitmap[k]):016x})", *where(k),
-                    f"ERROR offset={o:x}: Allocated cluster has corrupted subcluster allocation bitmap")
+        alloc_weight = None if b.weight is None else (lambda where: b.weight[alloc[where] // n])
+        if extended:
+            bms = bitmap[alloc]
+            for j in _listed(run, "l2.subcluster_alloc_and_zero", ((bms >> np.uint64(32)) & bms) != 0,
+                             weight_of=alloc_weight):
+                k = int(alloc[j])
+                run.add("l2.subcluster_alloc_and_zero", Severity.CORRUPTION, f"L2 entry {k % n}: subclusters both "
+                        f"allocated and zero (bitmap 0x{int(bitmap[k]):016x})", *where(k),
+                        f"ERROR offset={int(offs[j]):x}: Allocated cluster has corrupted subcluster allocation bitmap",
+                        refs=b.refs(k // n))
         unaligned = (offs % np.uint64(h.cluster_size)) != 0
-        for k, o in zip(alloc[unaligned].tolist(), offs[unaligned].tolist(), strict=True):
-            e = int(desc[k])
-            if (bool(int(bitmap[k]) & 0xFFFFFFFF) if h.extended_l2 else not e & 1):
+        if unaligned.any():
+            # qemu names a cluster with data (allocated subclusters, or no zero flag) apart from a preallocated one
+            data = (bitmap[alloc] & L2_BITMAP_ALL_ALLOC) != 0 if h.extended_l2 else (desc[alloc] & T.OFLAG_ZERO) == 0
+            for j in _listed(run, "l2.data_unaligned", unaligned & data, weight_of=alloc_weight):
+                k, o = int(alloc[j]), int(offs[j])
                 run.add("l2.data_unaligned", Severity.CORRUPTION, f"L2 entry {k % n}: data cluster offset 0x{o:x} "
                         "is not cluster aligned", *where(k),
-                        f"ERROR offset={o:x}: Data cluster is not properly aligned; L2 entry corrupted.")
-            else:
+                        f"ERROR offset={o:x}: Data cluster is not properly aligned; L2 entry corrupted.",
+                        refs=b.refs(k // n))
+            for j in _listed(run, "l2.preallocated_unaligned", unaligned & ~data, weight_of=alloc_weight):
+                k, o = int(alloc[j]), int(offs[j])
                 run.add("l2.preallocated_unaligned", Severity.CORRUPTION, f"L2 entry {k % n}: preallocated zero "
                         f"cluster offset 0x{o:x} is not cluster aligned", *where(k),
-                        f"ERROR offset={o:x}: Preallocated cluster is not properly aligned; L2 entry corrupted.")
-        _count_allocated(run, alloc, offs, n, frag, owner)
+                        f"ERROR offset={o:x}: Preallocated cluster is not properly aligned; L2 entry corrupted.",
+                        refs=b.refs(k // n))
+        _count_allocated(run, b, alloc, offs, n, frag, owner)
     else:
         offs = np.zeros(0, dtype=np.uint64)
 
     if extended:
-        _unallocated_bits(run, types, bitmap, n, where)
+        for k in _listed(run, "l2.unallocated_with_alloc_bits",
+                         (types == UNALLOCATED) & ((bitmap & L2_BITMAP_ALL_ALLOC) != 0), weight_of=weight_of):
+            run.add("l2.unallocated_with_alloc_bits", Severity.CORRUPTION, f"unallocated L2 entry {k % n} has "
+                    f"subcluster allocation bits 0x{int(bitmap[k]) & 0xFFFFFFFF:x}", *where(k),
+                    "ERROR: Unallocated cluster has non-zero subcluster allocation map", refs=b.refs(k // n))
     return alloc, offs
 
 
-def _count_allocated(run: _Run, alloc: np.ndarray, offs: np.ndarray, n: int, frag: bool, owner: str) -> None:
-    """Fragmentation statistics (within each L2 table) and one reference per allocated cluster."""
+def _count_allocated(run: _Run, b: _Batch, alloc: np.ndarray, offs: np.ndarray, n: int, frag: bool,
+                     owner: str) -> None:
+    """Fragmentation statistics (within each L2 table) and one reference per allocated cluster, each
+    times the table is referenced."""
     h = run.img.header
+    w = None if b.weight is None else b.weight[alloc // n]
     if frag and alloc.size:
-        run.stats.allocated_clusters += int(alloc.size)
         same_table = (alloc[1:] // n) == (alloc[:-1] // n)
-        run.stats.fragmented_clusters += int((same_table & (offs[1:] != offs[:-1] + np.uint64(h.cluster_size))).sum())
+        fragmented = same_table & (offs[1:] != offs[:-1] + np.uint64(h.cluster_size))
+        if w is None:
+            run.stats.allocated_clusters += int(alloc.size)
+            run.stats.fragmented_clusters += int(fragmented.sum())
+        else:
+            run.stats.allocated_clusters += int(w.sum())
+            run.stats.fragmented_clusters += int(w[1:][fragmented].sum())
     if not h.has_data_file:
-        run.inc_clusters(offs, h.cluster_size, f"{owner} data")
+        run.inc_clusters(offs, h.cluster_size, f"{owner} data", w, lambda j: b.refs(int(alloc[j]) // n))
 
 
-def _unallocated_bits(run: _Run, types: np.ndarray, bitmap: np.ndarray, n: int, where) -> None:
-    for k in np.nonzero((types == UNALLOCATED) & ((bitmap & L2_BITMAP_ALL_ALLOC) != 0))[0].tolist():
-        run.add("l2.unallocated_with_alloc_bits", Severity.CORRUPTION, f"unallocated L2 entry {k % n} has "
-                f"subcluster allocation bits 0x{int(bitmap[k]) & 0xFFFFFFFF:x}", *where(k),
-                "ERROR: Unallocated cluster has non-zero subcluster allocation map")
+def _walk(run: _Run, groups: list[L1Group], active: bool, on_batch) -> None:
+    """check_refcounts_l1 for every owner of every group; for the active L1 also check_oflag_copied
+    (which reads only on-disk refcounts, so it can run in the same pass).
 
-
-def _check_l1(run: _Run, l1_offset: int, l1_size: int, owner: str, frag: bool, on_batch=None) -> None:
-    """check_refcounts_l1, with its L2 tables in batches; for the active L1 also check_oflag_copied
-    (which reads only on-disk refcounts, so it can run in the same pass)."""
-    if not l1_size or l1_size > QCOW_MAX_L1_SIZE // 8:
-        return  # too large: qemu refuses to open the image (header.l1_table_too_large), and so reads nothing
-    run.inc_range(l1_offset, l1_size * 8, f"{owner} L1 table")
-    l1 = T.l1_entries(_read_padded(run.img, l1_offset, l1_size * 8))
-    where = f"{owner} L1 table at 0x{l1_offset:x}"
-    present = np.nonzero(l1)[0]
-    for i in present[(l1[present] & T.L1E_RESERVED_MASK) != 0].tolist():
-        e = int(l1[i])
-        run.add("l1.reserved_bits", Severity.CORRUPTION, f"L1 entry {i} 0x{e:016x} has reserved bits set",
-                where, l1_offset + i * 8, f"ERROR found L1 entry with reserved bits set: {e:x}")
-    l2_offsets = l1[present] & T.L1E_OFFSET_MASK
-    run.inc_clusters(l2_offsets, run.cs, f"{owner} L2 table")
-    for i, o in zip(present.tolist(), l2_offsets.tolist(), strict=True):
-        if o % run.cs:
+    Each distinct L2 table is read once for all the groups and counted as often as QEMU would walk it
+    (spec "L1 table": an L2 table may be named by several entries, a snapshot's L1 by several snapshots,
+    the same L2 table by several snapshots' L1s).
+    """
+    owner = "active" if active else OWNER
+    found: list[tuple[L1Group, np.ndarray, np.ndarray]] = []  # group, its distinct L2 offsets, references
+    for g in groups:
+        if not g.entries or g.entries > QCOW_MAX_L1_SIZE // 8:
+            continue  # too large: qemu refuses to open the image (header.l1_table_too_large), and so reads nothing
+        refs = [(o, 1) for o in g.owners]
+        run.inc_range(g.offset, g.entries * 8, f"{owner} L1 table", refs=refs)
+        if not g.walked:
+            _not_walked(run, g)
+            continue
+        l1refs = run.img.l1_references(g.offset, g.entries)
+        index, l1 = l1refs.index, l1refs.entries
+        distinct, counts, inverse = l1refs.distinct, l1refs.counts, l1refs.inverse
+        times = len(refs)
+        each = None if times == 1 else (lambda where, times=times: np.full(where.size, times))
+        where = f"{owner} L1 table at 0x{g.offset:x}"
+        for k in _listed(run, "l1.reserved_bits", (l1 & T.L1E_RESERVED_MASK) != 0, weight_of=each):
+            i, e = int(index[k]), int(l1[k])
+            run.add("l1.reserved_bits", Severity.CORRUPTION, f"L1 entry {i} 0x{e:016x} has reserved bits set",
+                    where, g.offset + i * 8, f"ERROR found L1 entry with reserved bits set: {e:x}", refs=refs)
+        l2_offsets = l1 & T.L1E_OFFSET_MASK
+        run.inc_clusters(distinct, run.cs, f"{owner} L2 table", counts * times,
+                         lambda k, owners=g.owners, counts=counts: [(o, int(counts[k])) for o in owners])
+        for k in _listed(run, "l1.l2_unaligned", l2_offsets % np.uint64(run.cs) != 0, weight_of=each):
+            i, o = int(index[k]), int(l2_offsets[k])
             run.add("l1.l2_unaligned", Severity.CORRUPTION, f"L1 entry {i}: L2 table offset 0x{o:x} is not "
-                    "cluster aligned", where, l1_offset + i * 8,
-                    f"ERROR l2_offset={o:x}: Table is not cluster aligned; L1 entry corrupted")
-    active = owner == "active"
-    if active:
-        _oflag_l1(run, l1, present, l2_offsets)
-    for offsets, desc, bitmap in run.img.l2_batches(l2_offsets.tolist()):
+                    "cluster aligned", where, g.offset + i * 8,
+                    f"ERROR l2_offset={o:x}: Table is not cluster aligned; L1 entry corrupted", refs=refs)
+        if active:
+            _oflag_l1(run, index, l1, distinct, inverse)
+        found.append((g, distinct, counts))
+    tables = _distinct_tables(found)
+    # a table wholly past the end of the file reads as zeros: no entry of it references anything
+    inside = np.flatnonzero(tables.offsets < np.uint64(run.file_size))
+    done = 0
+    for offsets, desc, bitmap in run.img.l2_batches(tables.offsets[inside].tolist()):
+        rows = inside[done:done + len(offsets)]
+        done += len(offsets)
         if on_batch is not None:
             on_batch(offsets, desc)  # the host layout claims data from the same decoded tables
-        if bitmap is None and _contiguous_batch(run, offsets, desc, frag, active):
+        weight = tables.weight[rows]
+        b = _Batch(offsets, None if (weight == 1).all() else weight, lambda r, rows=rows: tables.refs(int(rows[r])))
+        if bitmap is None and _contiguous_batch(run, b, desc, active, active):
             continue
-        alloc, offs = _check_l2_batch(run, offsets, desc, bitmap, owner, frag)
+        alloc, offs = _check_l2_batch(run, b, desc, bitmap, owner, active)
         if active:
-            _oflag_l2(run, offsets, desc, alloc, offs)
+            _oflag_l2(run, b, desc, alloc, offs)
 
 
-def _contiguous_batch(run: _Run, offsets: list[int], desc: np.ndarray, frag: bool, active: bool) -> bool:
+def _distinct_tables(found: list[tuple[L1Group, np.ndarray, np.ndarray]]) -> _Tables:
+    """The distinct L2 tables named by the groups walked, in the order QEMU first meets them, with the
+    references to each (a group's count for each of its owners)."""
+    found = [f for f in found if f[1].size]
+    if not found:
+        return _Tables(np.zeros(0, dtype=np.uint64), np.zeros(0, dtype=np.int64), lambda i: [])
+    if len(found) == 1:
+        g, distinct, counts = found[0]
+        owners = g.owners
+        return _Tables(distinct, counts * len(owners), lambda i: [(o, int(counts[i])) for o in owners])
+    offsets = np.concatenate([d for _, d, _ in found])
+    counts = np.concatenate([c for _, _, c in found])
+    group = np.concatenate([np.full(d.size, k, dtype=np.int64) for k, (_, d, _) in enumerate(found)])
+    owners = [g.owners for g, _, _ in found]
+    weight = counts * np.array([len(o) for o in owners], dtype=np.int64)[group]
+    order = np.argsort(offsets, kind="stable")  # stable: each run starts at the table's first mention
+    starts = np.flatnonzero(np.concatenate(([True], offsets[order][1:] != offsets[order][:-1])))
+    ends = np.append(starts[1:], order.size)
+    total = np.add.reduceat(weight[order], starts)
+    first = np.argsort(order[starts], kind="stable")  # the runs in the order the groups meet their tables
+    starts, ends, total = starts[first], ends[first], total[first]
+
+    def refs(i: int) -> Refs:
+        return [(o, int(counts[p])) for p in order[starts[i]:ends[i]].tolist() for o in owners[group[p]]]
+
+    return _Tables(offsets[order[starts]], total, refs)
+
+
+def _not_walked(run: _Run, g: L1Group) -> None:
+    """A snapshot L1 past the budget: said once for all its snapshots, rather than skipped silently."""
+    names = ", ".join(g.owners[:8]) + (f" and {len(g.owners) - 8} more" if len(g.owners) > 8 else "")
+    run.add("snapshot.l1_not_walked", Severity.WARNING, f"L1 table at 0x{g.offset:x} ({g.entries} entries) of "
+            f"{names} was not walked: the budget of {image.MAX_L1_WALK} L1 entries read across the snapshots was "
+            "spent. Its L2 tables and their data are not counted, so refcount findings may differ from "
+            "qemu-img check's", 
+            "snapshot table", g.snapshots[0].entry_offset if g.snapshots else None, None, None)
+
+
+def _contiguous_batch(run: _Run, b: _Batch, desc: np.ndarray, frag: bool, active: bool) -> bool:
     """The whole of check_refcounts_l2 and check_oflag_copied for a batch whose every table is one run of
     contiguous normal clusters (``tables.contiguous_rows``), when no finding can come of it; False (and
     nothing done) otherwise, for the general path to judge the batch.
 
     No entry rule can fire on such rows and none is fragmented; each row adds one reference to a range
-    of clusters, and OFLAG_COPIED holds when the refcounts of the range are all 1 (flag set) or none
-    is (flag clear).
+    of clusters (for each reference to the table), and OFLAG_COPIED holds when the refcounts of the range
+    are all 1 (flag set) or none is (flag clear).
     """
-    if run.img.header.has_data_file or 0 in offsets:
+    if run.img.header.has_data_file or 0 in b.offsets:
         return False  # data file: no references counted; offset 0: qemu skips the L1 entry for OFLAG_COPIED
     first = T.contiguous_rows(desc, run.cs)
     if first is None:
@@ -478,10 +611,11 @@ def _contiguous_batch(run: _Run, offsets: list[int], desc: np.ndarray, frag: boo
         for a, c in zip(lo, copied, strict=True):
             if run.refcount_ones(a, a + n) != (n if c else 0):
                 return False  # a mismatch (or an unreadable refcount) somewhere: the general path names it
+    weight = [1] * len(lo) if b.weight is None else b.weight.tolist()
     if frag:
-        run.stats.allocated_clusters += desc.size
-    for a in lo:
-        run.increment_range(a, a + n)
+        run.stats.allocated_clusters += n * sum(weight)
+    for a, w in zip(lo, weight, strict=True):
+        run.increment_range(a, a + n, w)
     return True
 
 
@@ -500,27 +634,26 @@ def check_refcounts(img: Image, on_batch=None) -> tuple[list[Finding], Stats]:
     run.qemu_stopped = not snapshots_ok
 
     run.inc_range(0, run.cs, "header")
-    _check_l1(run, h.l1_table_offset, h.l1_size, "active", frag=True, on_batch=on_batch)
+    groups = img.l1_groups()
+    _walk(run, groups[:1], active=True, on_batch=on_batch)
     if snapshots_ok:
         if h.has_data_file and h.nb_snapshots:
             run.add("snapshot.with_data_file", Severity.CORRUPTION, f"{h.nb_snapshots} snapshots in an image with an "
                     "external data file", "snapshot table", h.snapshots_offset,
                     f"ERROR {h.nb_snapshots} snapshots in image with data file")
         for s in img.snapshots:
-            label = f"snapshot {s.id} ({s.name})"
+            label = f"snapshot {clip(s.id)} ({clip(s.name)})"
             if s.l1_table_offset % run.cs:
                 run.add("snapshot.l1_unaligned", Severity.CORRUPTION, f"{label}: L1 table offset "
                         f"0x{s.l1_table_offset:x} is not cluster aligned", "snapshot table", s.entry_offset,
                         f"ERROR snapshot {s.id} ({s.name}) l1_offset={_hash_x(s.l1_table_offset)}: L1 table is not "
                         "cluster aligned; snapshot table entry corrupted")
-                continue
-            if s.l1_size > QCOW_MAX_L1_SIZE // 8:
+            elif s.l1_size > QCOW_MAX_L1_SIZE // 8:
                 run.add("snapshot.l1_too_large", Severity.CORRUPTION, f"{label}: l1_size {s.l1_size} exceeds "
                         f"{QCOW_MAX_L1_SIZE // 8}", "snapshot table", s.entry_offset,
                         f"ERROR snapshot {s.id} ({s.name}) l1_size={_hash_x(s.l1_size)}: L1 table is too large; "
                         "snapshot table entry corrupted")
-                continue
-            _check_l1(run, s.l1_table_offset, s.l1_size, f"snapshot {s.id}", frag=False, on_batch=on_batch)
+        _walk(run, groups[1:], active=False, on_batch=on_batch)
         if img.snapshots:
             last = img.snapshots[-1]
             run.inc_range(h.snapshots_offset, last.entry_offset + last.entry_size - h.snapshots_offset,
@@ -578,21 +711,22 @@ def _check_bitmaps(run: _Run) -> None:
         return
     run.inc_range(ext.ofs_bitmap_directory, ext.len_bitmap_directory, "bitmap directory")
     for b in img.bitmaps:
-        run.inc_range(b.table_offset, b.table_size * 8, f"bitmap {b.name} table")
+        name = clip(b.name)
+        run.inc_range(b.table_offset, b.table_size * 8, f"bitmap {name} table")
         table = img.bitmap_table(b)
         if isinstance(table, Unreadable):
-            run.add("bitmap.table_unreadable", Severity.CORRUPTION, f"bitmap '{b.name}' table: {table.reason}",
+            run.add("bitmap.table_unreadable", Severity.CORRUPTION, f"bitmap '{name}' table: {table.reason}",
                     "bitmap table", b.table_offset, None)
             continue
         offsets = table & T.BME_OFFSET_MASK
         bad = ((table & T.BME_RESERVED_MASK) != 0) | ((offsets != 0) & (
             ((table & T.BME_ALL_ONES) != 0) | (offsets % np.uint64(run.cs) != 0)))
-        for i in np.nonzero(bad)[0].tolist():
-            run.add("bitmap.table_entry_invalid", Severity.CORRUPTION, f"bitmap '{b.name}' table entry {i} "
+        for i in _listed(run, "bitmap.table_entry_invalid", bad):
+            run.add("bitmap.table_entry_invalid", Severity.CORRUPTION, f"bitmap '{name}' table entry {i} "
                     f"0x{int(table[i]):016x} is invalid (reserved bits, or bit 0 / misalignment with an offset)",
                     "bitmap table", b.table_offset + i * 8, None)
         good = offsets[~bad & (offsets != 0)]
-        run.inc_clusters(good, run.cs, f"bitmap {b.name} data")
+        run.inc_clusters(good, run.cs, f"bitmap {name} data")
 
 
 def _check_refblocks(run: _Run) -> None:
@@ -657,13 +791,27 @@ def _check_refblocks(run: _Run) -> None:
                 f"ERROR refcount block {i} refcount={r}")
 
 
-def _listed(run: _Run, code: str, sel: np.ndarray, counts: str | None = "corruptions"):
-    """Positions of ``sel`` to list as findings of ``code`` (up to the cap); the rest, once these are
-    listed, are counted only."""
-    where = np.flatnonzero(sel)
+def _listed(run: _Run, code: str, sel: np.ndarray, counts: str | None = "corruptions", weight_of=None):
+    """Positions of ``sel`` (a mask, or positions) to list as findings of ``code`` (up to the cap); the rest,
+    once these are listed, are counted only. ``weight_of(positions)``: how many findings each position
+    stands for (one each by default); the last position listed may fill the cap with only part of them,
+    the caller's ``add`` counts the rest."""
+    listed, rest = _room_for(run, code, sel, weight_of)
+    yield from listed.tolist()
+    run.skip(code, rest, counts)
+
+
+def _room_for(run: _Run, code: str, sel: np.ndarray, weight_of=None) -> tuple[np.ndarray, int]:
+    """``_listed`` without the counting: the positions to list, and how many findings the others stand for
+    (to ``skip`` once the listed ones are added)."""
+    where = np.flatnonzero(sel) if sel.dtype == bool else sel
     room = run.room(code)
-    yield from where[:room].tolist()
-    run.skip(code, where.size - room, counts)
+    if weight_of is None:
+        return where[:room], max(0, where.size - room)
+    w = np.asarray(weight_of(where), dtype=np.int64)
+    head = w[:room]  # each position stands for one finding at least
+    k = int(np.searchsorted(np.cumsum(head) - head, room, side="left"))  # positions that begin before the cap
+    return where[:k], int(w.sum()) - int(w[:k].sum())
 
 
 def _compare(run: _Run) -> None:
@@ -672,10 +820,10 @@ def _compare(run: _Run) -> None:
     Done in chunks of whole refcount blocks, so memory stays flat whatever the file size.
     """
     for i, extra in sorted(run.overflows.items()):
-        for _ in range(extra):
-            run.add("refcount.overflow", Severity.CORRUPTION, f"cluster {i} has more references than "
-                    f"{run.img.header.refcount_bits}-bit refcounts can hold", "refcount block", i << run.cb,
-                    f"ERROR: overflow cluster offset=0x{i << run.cb:x}")
+        # one error per increment refused: a table named millions of times makes millions of them
+        run.add("refcount.overflow", Severity.CORRUPTION, f"cluster {i} has more references than "
+                f"{run.img.header.refcount_bits}-bit refcounts can hold", "refcount block", i << run.cb,
+                f"ERROR: overflow cluster offset=0x{i << run.cb:x}", refs=[(None, extra)])
     n = run.extent
     chunk = max(run.per_block, COMPARE_CHUNK // run.per_block * run.per_block)
     highest = 0
@@ -735,26 +883,27 @@ def _mismatch(run: _Run, i: int, s: int, r: int) -> None:
                 counts="leaks")
 
 
-def _oflag_l1(run: _Run, l1: np.ndarray, present: np.ndarray, l2_offsets: np.ndarray) -> None:
-    """check_oflag_copied, L1 part: COPIED must say whether the L2 table's refcount is exactly 1."""
-    keep = l2_offsets != 0
-    idx, offs = present[keep], l2_offsets[keep]
-    refcounts, bad = run.stored((offs >> np.uint64(run.cb)).astype(np.int64))
-    copied = (l1[idx] >> np.uint64(63)) != 0
-    for i, rc in zip(idx[~bad & ((refcounts == 1) != copied)].tolist(),
-                     refcounts[~bad & ((refcounts == 1) != copied)].tolist(), strict=True):
-        e = int(l1[i])
+def _oflag_l1(run: _Run, index: np.ndarray, l1: np.ndarray, distinct: np.ndarray, inverse: np.ndarray) -> None:
+    """check_oflag_copied, L1 part: COPIED must say whether the L2 table's refcount is exactly 1
+    (``index``, ``l1``: the nonzero entries and where they are; ``distinct[inverse]``: their L2 offsets)."""
+    refcounts, bad = run.stored((distinct >> np.uint64(run.cb)).astype(np.int64))  # each table looked up once
+    # qemu skips entries with offset 0, and says nothing of refcounts it cannot read
+    refcounts, bad = refcounts[inverse], bad[inverse] | (distinct[inverse] == 0)
+    copied = (l1 >> np.uint64(63)) != 0
+    for k in _listed(run, "l1.copied_mismatch", ~bad & ((refcounts == 1) != copied)):
+        i, e, rc = int(index[k]), int(l1[k]), int(refcounts[k])
         run.add("l1.copied_mismatch", Severity.CORRUPTION, f"L1 entry {i}: OFLAG_COPIED is "
                 f"{'set' if e >> 63 else 'clear'} but the L2 table's refcount is {rc}", "active L1 table",
                 run.img.header.l1_table_offset + i * 8,
                 f"ERROR OFLAG_COPIED L2 cluster: l1_index={i} l1_entry={e:x} refcount={rc}")
 
 
-def _oflag_l2(run: _Run, offsets: list[int], desc2: np.ndarray, alloc: np.ndarray, offs: np.ndarray) -> None:
-    """check_oflag_copied, L2 part, for the allocated entries of a batch of active L2 tables
-    (qemu skips L1 entries with offset 0)."""
+def _oflag_l2(run: _Run, b: _Batch, desc2: np.ndarray, alloc: np.ndarray, offs: np.ndarray) -> None:
+    """check_oflag_copied, L2 part, for the allocated entries of a batch of active L2 tables, each as
+    often as the L1 names it (qemu skips L1 entries with offset 0)."""
     h = run.img.header
     n = desc2.shape[1]
+    offsets = b.offsets
     row_ok = np.array(offsets, dtype=np.uint64) != 0
     if not row_ok.all():
         keep = row_ok[alloc // n]
@@ -767,7 +916,9 @@ def _oflag_l2(run: _Run, offsets: list[int], desc2: np.ndarray, alloc: np.ndarra
     else:
         clusters = (offs >> np.uint64(run.cb)).astype(np.int64)
         is_one, bads = run.refcount_is_one(clusters)
-    wrong = np.nonzero(~bads & (is_one != ((entries >> np.uint64(63)) != 0)))[0]
+    wrong = np.flatnonzero(~bads & (is_one != ((entries >> np.uint64(63)) != 0)))
+    weight_of = None if b.weight is None else (lambda where: b.weight[alloc[where] // n])
+    wrong, rest = _room_for(run, "l2.copied_mismatch", wrong, weight_of)
     exact = np.ones(wrong.shape, dtype=np.uint64) if h.has_data_file else run.stored(clusters[wrong])[0]
     for j, rc2 in zip(wrong.tolist(), exact.tolist(), strict=True):
         k = int(alloc[j])
@@ -776,37 +927,49 @@ def _oflag_l2(run: _Run, offsets: list[int], desc2: np.ndarray, alloc: np.ndarra
         run.add("l2.copied_mismatch", Severity.CORRUPTION, f"L2 entry {k % n}: OFLAG_COPIED is "
                 f"{'set' if e2 >> 63 else 'clear'} but the data cluster's refcount is {rc2}",
                 f"active L2 table at 0x{l2_offset:x}", l2_offset + (k % n) * h.l2_entry_size,
-                f"ERROR OFLAG_COPIED data cluster: l2_entry={e2:x} refcount={rc2}")
+                f"ERROR OFLAG_COPIED data cluster: l2_entry={e2:x} refcount={rc2}", refs=b.refs(k // n))
+    run.skip("l2.copied_mismatch", rest)
 
 
 def _refcounts_past_eof(run: _Run) -> None:
     """Beyond qemu: refcounts set for clusters past the end of the file (compare_refcounts stops at EOF).
 
-    Listed block by block up to the cap; past it, each distinct block is read once and its nonzero
-    refcounts are counted (a hostile table may name the same clusters a million times)."""
+    Listed block by block up to the cap; each distinct block is read once and its nonzero refcounts are
+    counted (a hostile table may name the same clusters a million times, with 2 MiB clusters each a block
+    of a million refcounts)."""
     first_block = run.extent // run.per_block
     table = run.reftable[first_block:min(run.reftable_entries, len(run.reftable))] & T.REFT_OFFSET_MASK
     rows = np.flatnonzero((table != 0) & (table % np.uint64(run.cs) == 0) & (table < np.uint64(run.file_size)))
+    if not rows.size:
+        return
     code = "refcount.past_eof"
-    skipped = 0
-    for n, j in enumerate(rows.tolist()):
+    order = run.img.header.refcount_order
+    distinct, inverse = np.unique(table[rows], return_inverse=True)
+    nonzero = np.array([np.count_nonzero(T.refcount_block(_read_block(run, o), order)) for o in distinct.tolist()],
+                       dtype=np.int64)
+    per_row = nonzero[inverse]
+    if rows[0] == 0:  # the block holding the end of the file: only its refcounts past the extent count
+        blk = run.block(first_block)
+        per_row[0] = np.count_nonzero(blk[run.extent - first_block * run.per_block:])
+    listed = 0
+    for j in rows[per_row > 0].tolist():
+        room = run.room(code)
+        if room == 0:
+            break
         r = first_block + j
         offset = int(table[j])
-        if r > first_block and run.room(code) == 0:
-            distinct, times = np.unique(table[rows[n:]], return_counts=True)
-            for o, t in zip(distinct.tolist(), times.tolist(), strict=True):
-                raw = run.img.file.read(o, run.cs).ljust(run.cs, b"\0")
-                skipped += t * int(np.count_nonzero(T.refcount_block(raw, run.img.header.refcount_order)))
-            break
         blk = run.block(r)
         start = r * run.per_block
-        nonzero = np.nonzero(blk)[0]
-        nonzero = nonzero[start + nonzero >= run.extent]
-        room = run.room(code)
-        for k in nonzero[:room].tolist():
+        found = np.flatnonzero(blk)
+        found = found[start + found >= run.extent][:room]
+        for k in found.tolist():
             cluster = start + k
             run.add(code, Severity.WARNING, f"cluster {cluster} (0x{cluster << run.cb:x}) lies past "
                     f"the end of the file (0x{run.file_size:x}) but has refcount {int(blk[k])}; qemu-img check does "
                     "not look there", "refcount block", offset + k * run.img.header.refcount_bits // 8, None, None)
-        skipped += max(0, nonzero.size - room)
-    run.skip(code, skipped, None)
+        listed += found.size
+    run.skip(code, int(per_row.sum()) - listed, None)
+
+
+def _read_block(run: _Run, offset: int) -> bytes:
+    return run.img.file.read(offset, run.cs).ljust(run.cs, b"\0")

@@ -15,6 +15,7 @@ from ..model import Image, Unreadable
 from ..model import tables as T
 from ..model.bitmaps import FLAG_IN_USE
 from ..model.header import FIELDS
+from ..text import MAX_SHOWN, clip
 
 
 def check_header_rules(img: Image) -> list[Finding]:
@@ -52,18 +53,21 @@ def check_snapshot_rules(img: Image) -> list[Finding]:
             if n > 1:
                 first = next(s for s in img.snapshots if getattr(s, what) == value)
                 out.append(Finding(f"snapshot.duplicate_{what}", Severity.WARNING,
-                                   f"{n} snapshots share the {what} {value!r}", "snapshot table", first.entry_offset))
+                                   f"{n} snapshots share the {what} "
+                                   f"{repr(value) if len(value) <= MAX_SHOWN else clip(value)}", "snapshot table",
+                                   first.entry_offset))
     span = h.cluster_size * h.l2_entries
     for s in img.snapshots:
         if s.disk_size is not None and s.l1_size < -(-s.disk_size // span):
             out.append(Finding("snapshot.l1_too_small", Severity.WARNING,
-                               f"snapshot {s.id} ({s.name}): l1_size {s.l1_size} cannot map its disk_size "
+                               f"snapshot {clip(s.id)} ({clip(s.name)}): l1_size {s.l1_size} cannot map its disk_size "
                                f"{s.disk_size} (needs {-(-s.disk_size // span)} entries)", "snapshot table",
                                s.entry_offset))
         if s.l1_size and s.l1_table_offset + s.l1_size * 8 > img.file.size:
             out.append(Finding("snapshot.l1_past_eof", Severity.WARNING,
-                               f"snapshot {s.id} ({s.name}): L1 table 0x{s.l1_table_offset:x} ({s.l1_size} entries) "
-                               f"runs past the end of the file (0x{img.file.size:x})", "snapshot table",
+                               f"snapshot {clip(s.id)} ({clip(s.name)}): L1 table 0x{s.l1_table_offset:x} "
+                               f"({s.l1_size} entries) runs past the end of the file (0x{img.file.size:x})",
+                               "snapshot table",
                                s.entry_offset))
     return out
 
@@ -73,7 +77,7 @@ def check_bitmap_rules(img: Image) -> list[Finding]:
     out: list[Finding] = []
     for b in img.bitmaps:
         if b.flags & FLAG_IN_USE:
-            out.append(Finding("bitmap.in_use", Severity.WARNING, f"bitmap '{b.name}' has the in_use flag: it was "
+            out.append(Finding("bitmap.in_use", Severity.WARNING, f"bitmap '{clip(b.name)}' has the in_use flag: it was "
                                "not saved cleanly and is inconsistent", "bitmap directory", b.entry_offset))
         if not 0 <= b.granularity_bits < 64:
             continue
@@ -82,7 +86,7 @@ def check_bitmap_rules(img: Image) -> list[Finding]:
         needed = -(-nbytes // h.cluster_size)
         if b.table_size != needed:
             out.append(Finding("bitmap.table_size", Severity.WARNING,
-                               f"bitmap '{b.name}' table has {b.table_size} entries; the virtual size {h.size} at "
+                               f"bitmap '{clip(b.name)}' table has {b.table_size} entries; the virtual size {h.size} at "
                                f"granularity {b.granularity} needs {needed}", "bitmap directory", b.entry_offset))
             continue
         out += _tail_bits(img, b, bits)
@@ -109,5 +113,5 @@ def _tail_bits(img: Image, b, bits: int) -> list[Finding]:
             used_bits and bool(data[used_bytes] >> used_bits))
     if not bad:
         return []
-    return [Finding("bitmap.tail_bits", Severity.WARNING, f"bitmap '{b.name}' sets bits past the end of the disk in "
+    return [Finding("bitmap.tail_bits", Severity.WARNING, f"bitmap '{clip(b.name)}' sets bits past the end of the disk in "
                     "its last cluster; they must be zero", "bitmap table", b.table_offset + (b.table_size - 1) * 8)]

@@ -19,45 +19,60 @@ import hashlib
 import hmac
 from dataclasses import dataclass
 
-from ..formats.luks1_header import Luks1Header
-from ..model.kaitai import StructureError, decode_name, parse
+from ..model.encryption import LUKS1_HEADER_SIZE, LuksHeader, LuksKeySlot, parse_luks_header as parse_model_header
+from ..model.kaitai import StructureError
 from .sector import (SECTOR_SIZE, CipherSpec, EncryptionHeaderError, ModeCipher, UnsupportedEncryption,
                      WrongPassphrase, check_hash, parse_cipher_mode)
 
-LUKS1_HEADER_SIZE = 592
 DIGEST_SIZE = 20  # LUKS_DIGESTSIZE
 MAX_ITERATIONS = 10_000_000  # PBKDF2 iterations we agree to run for one slot or the master key digest
 MAX_KEY_MATERIAL = 4 << 20  # bytes of AF-split key material we agree to read and merge for one slot
 MAX_KEY_BYTES = 128
-
-
-@dataclass(frozen=True)
-class LuksSlot:
-    index: int
-    active: bool
-    iterations: int
-    salt: bytes
-    key_offset: int  # bytes from the start of the LUKS area
-    stripes: int
+LuksSlot = LuksKeySlot
 
 
 @dataclass(frozen=True)
 class LuksParams:
-    """What opening a LUKS1 header needs, parsed from its 592 bytes (LUKS1 spec, section 2.4 "phdr")."""
+    """The model's LUKS1 header (model/encryption.py, the one reader of its bytes) with what opening adds:
+    its cipher, mode and hash checked computable here. Unlike qemu, opening does not insist on 4000 stripes
+    or on slots that keep out of each other's way: a damaged header that still decrypts is worth opening."""
 
-    offset: int  # host offset of the LUKS area
+    header: LuksHeader
     cipher: CipherSpec
     hash: str
-    key_bytes: int
-    mk_digest: bytes
-    mk_digest_salt: bytes
-    mk_digest_iterations: int
-    uuid: str
-    slots: tuple[LuksSlot, ...]
+
+    @property
+    def offset(self) -> int:
+        """Host offset of the LUKS area."""
+        return self.header.offset
+
+    @property
+    def key_bytes(self) -> int:
+        return self.header.key_bytes
+
+    @property
+    def mk_digest(self) -> bytes:
+        return self.header.mk_digest
+
+    @property
+    def mk_digest_salt(self) -> bytes:
+        return self.header.mk_digest_salt
+
+    @property
+    def mk_digest_iterations(self) -> int:
+        return self.header.mk_digest_iterations
+
+    @property
+    def uuid(self) -> str:
+        return self.header.uuid
+
+    @property
+    def slots(self) -> tuple[LuksSlot, ...]:
+        return self.header.slots
 
     @property
     def where(self) -> str:
-        return f"LUKS header at 0x{self.offset:x}"
+        return self.header.where
 
     @property
     def cipher_alg(self) -> str:
@@ -66,8 +81,23 @@ class LuksParams:
         return f"{self.cipher.cipher}-{bits}"
 
 
-def _text(raw: bytes) -> str:
-    return decode_name(raw.split(b"\0", 1)[0])
+def luks_params(header: LuksHeader) -> LuksParams:
+    """Check what opening depends on in a parsed header.
+
+    Raises EncryptionHeaderError (damaged) or UnsupportedEncryption (a cipher or hash we cannot compute).
+    """
+    where = header.where
+    hash_name = check_hash(header.hash_spec, where)
+    spec = parse_cipher_mode(header.cipher_name, header.cipher_mode, where)
+    key_bytes = header.key_bytes
+    if not 0 < key_bytes <= MAX_KEY_BYTES:
+        raise EncryptionHeaderError(f"{where}: key_bytes is {key_bytes}; expected 1..{MAX_KEY_BYTES}")
+    try:
+        ModeCipher(spec, bytes(key_bytes), physical=True)  # the key size and the ESSIV hash fit the cipher
+    except UnsupportedEncryption as exc:
+        raise UnsupportedEncryption(f"{where}: {header.cipher_name}-{spec.mode_string} with key_bytes "
+                                    f"{key_bytes}: {exc}") from None
+    return LuksParams(header, spec, hash_name)
 
 
 def parse_luks_header(raw: bytes, offset: int) -> LuksParams:
@@ -75,29 +105,16 @@ def parse_luks_header(raw: bytes, offset: int) -> LuksParams:
 
     Raises EncryptionHeaderError (damaged) or UnsupportedEncryption (a cipher or hash we cannot compute).
     """
-    where = f"LUKS header at 0x{offset:x}"
     try:
-        h = parse(Luks1Header, raw, structure="LUKS header", offset=offset)
+        header = parse_model_header(raw, offset, len(raw))
     except StructureError as exc:
         raise EncryptionHeaderError(str(exc)) from None
-    hash_name = check_hash(_text(h.hash_spec), where)
-    spec = parse_cipher_mode(_text(h.cipher_name), _text(h.cipher_mode), where)
-    key_bytes = h.len_master_key
-    if not 0 < key_bytes <= MAX_KEY_BYTES:
-        raise EncryptionHeaderError(f"{where}: key_bytes is {key_bytes}; expected 1..{MAX_KEY_BYTES}")
-    try:
-        ModeCipher(spec, bytes(key_bytes), physical=True)  # the key size and the ESSIV hash fit the cipher
-    except UnsupportedEncryption as exc:
-        raise UnsupportedEncryption(f"{where}: {_text(h.cipher_name)}-{spec.mode_string} with key_bytes "
-                                    f"{key_bytes}: {exc}") from None
-    slots = tuple(LuksSlot(i, s.active == Luks1Header.KeySlotState.enabled, s.iterations, s.salt,
-                           s.key_material_offset * SECTOR_SIZE, s.stripes) for i, s in enumerate(h.key_slots))
-    return LuksParams(offset, spec, hash_name, key_bytes, h.master_key_digest, h.master_key_digest_salt,
-                      h.master_key_digest_iterations, _text(h.uuid), slots)
+    return luks_params(header)
 
 
 def read_luks_params(img) -> LuksParams:
-    """The LUKS1 header of an image with crypt_method 2, through its encryption header pointer."""
+    """The LUKS1 header of an image with crypt_method 2, as the model read it through its encryption header
+    pointer."""
     luks = img.luks
     if luks is None:
         for f in img.findings:
@@ -105,7 +122,7 @@ def read_luks_params(img) -> LuksParams:
                 where = f.structure if f.host_offset is None else f"{f.structure} at 0x{f.host_offset:x}"
                 raise EncryptionHeaderError(f"{where}: {f.message}")
         raise EncryptionHeaderError("LUKS header: not found (no usable full disk encryption header pointer)")
-    return parse_luks_header(img.file.read(luks.offset, LUKS1_HEADER_SIZE), luks.offset)
+    return luks_params(luks)
 
 
 def _xor(a: bytes, b: bytes) -> bytes:
@@ -218,5 +235,5 @@ def open_luks_params(params: LuksParams, read, file_size: int, passphrase: bytes
                           f"{'s' if tried != 1 else ''} tried){note}")
 
 
-__all__ = ["LuksCipher", "LuksParams", "LuksSlot", "UnsupportedEncryption", "af_merge", "diffuse", "open_luks",
-           "parse_luks_header", "read_luks_params"]
+__all__ = ["LUKS1_HEADER_SIZE", "LuksCipher", "LuksParams", "LuksSlot", "UnsupportedEncryption", "af_merge", "diffuse",
+           "luks_params", "open_luks", "parse_luks_header", "read_luks_params"]

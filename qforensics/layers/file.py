@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import mmap
 import os
 import stat
@@ -13,6 +14,39 @@ import numpy as np
 from ..errors import ImageOpenError
 
 MAX_EXTENTS = 1 << 22  # a file system gives no more extents than this for any file we analyse
+
+
+def seek_extents(fd: int, size: int, *, strict: bool = False) -> list[tuple[int, int]]:
+    """(start, end) of each data extent of the first ``size`` bytes, as lseek SEEK_DATA / SEEK_HOLE list them.
+
+    Not strict (reading): where SEEK_DATA is unsupported or fails the whole file is one extent, since holes
+    are only a shortcut; past MAX_EXTENTS the rest is one extent; ends are clipped to ``size``.
+    Strict (the sparse digest, whose definition is this very list): any lseek failure but ENXIO raises,
+    nothing is merged or clipped, so a sparse digest never silently becomes another one.
+    """
+    extents: list[tuple[int, int]] = []
+    offset = 0
+    try:
+        while offset < size:
+            if not strict and len(extents) >= MAX_EXTENTS:
+                extents.append((offset, size))
+                break
+            try:
+                data = os.lseek(fd, offset, os.SEEK_DATA)
+            except OSError as exc:
+                if exc.errno != errno.ENXIO:  # ENXIO: nothing but a hole from offset to the end
+                    raise
+                break
+            hole = os.lseek(fd, data, os.SEEK_HOLE)
+            if hole <= data:  # no progress: the file changed under us, or the file system lies
+                raise OSError(errno.EIO, f"SEEK_HOLE from data at {data} gave {hole}")
+            extents.append((data, hole if strict else min(hole, size)))
+            offset = hole
+    except (OSError, AttributeError):  # AttributeError: no SEEK_DATA on this platform
+        if strict:
+            raise
+        return [(0, size)] if size else []
+    return extents
 
 
 class FileLayer:
@@ -100,26 +134,8 @@ class FileLayer:
 
         Holes read as zeros; a file system without SEEK_DATA gives one extent, the whole file.
         """
-        starts, ends = [], []
-        offset = 0
-        try:
-            while offset < self.size and len(starts) < MAX_EXTENTS:
-                try:
-                    data = os.lseek(self._fd, offset, os.SEEK_DATA)
-                except OSError:  # ENXIO: only a hole up to the end of the file
-                    break
-                hole = min(os.lseek(self._fd, data, os.SEEK_HOLE), self.size)
-                if hole <= data:
-                    break
-                starts.append(data)
-                ends.append(hole)
-                offset = hole
-            if offset < self.size and len(starts) >= MAX_EXTENTS:
-                starts.append(offset)
-                ends.append(self.size)
-        except (OSError, AttributeError):
-            starts, ends = [0], [self.size]
-        return np.array(starts, dtype=np.int64), np.array(ends, dtype=np.int64)
+        extents = seek_extents(self._fd, self.size)
+        return (np.array([s for s, _ in extents], dtype=np.int64), np.array([e for _, e in extents], dtype=np.int64))
 
     def holds_data(self, starts: np.ndarray, length: int) -> np.ndarray:
         """Which ranges [start, start+length) touch a data extent (not wholly a hole, not past the end)."""

@@ -37,10 +37,16 @@ class Bitmap:
     type: int
     granularity_bits: int
     extra_data_size: int
+    name_size: int = 0  # as stored (the name may hold invalid UTF-8, shown escaped)
 
     @property
     def granularity(self) -> int:
         return 1 << self.granularity_bits
+
+    @property
+    def qemu_name(self) -> str:
+        """The name as qemu's messages print it (a C string: up to the first NUL)."""
+        return self.name.split("\0", 1)[0]
 
     @property
     def flag_names(self) -> list[str]:
@@ -118,7 +124,8 @@ def read_bitmap_directory(h: Header, read, file_size: int, nb_bitmaps: int, dir_
             continue
         b = Bitmap(index=index, entry_offset=entry_offset, name=decode_name(e.name), table_offset=e.ofs_bitmap_table,
                    table_size=e.num_bitmap_table_entries, flags=e.flags.value, type=int(e.bitmap_type),
-                   granularity_bits=e.granularity_bits, extra_data_size=e.len_extra_data)
+                   granularity_bits=e.granularity_bits, extra_data_size=e.len_extra_data,
+                   name_size=e.len_name)
         bitmaps.append(b)
         why = check_dir_entry(h, b)
         if why:
@@ -126,7 +133,7 @@ def read_bitmap_directory(h: Header, read, file_size: int, nb_bitmaps: int, dir_
         elif any(other.name == b.name for other in bitmaps[:-1]):
             # qemu creates the in-memory bitmaps at open and fails on the second one of a name
             corrupt("bitmap.duplicate_name", f"bitmap '{b.name}' at 0x{entry_offset:x}: another bitmap already has "
-                    "this name", entry_offset, f"Bitmap already exists: {b.name}")
+                    "this name", entry_offset, f"Bitmap already exists: {b.qemu_name}")
     if len(bitmaps) < nb_bitmaps:
         corrupt("bitmap.directory_too_few", f"bitmap directory holds {len(bitmaps)} entries, nb_bitmaps says "
                 f"{nb_bitmaps}", dir_offset, "Less bitmaps found than specified in header extension")
@@ -139,7 +146,7 @@ def read_bitmap_directory(h: Header, read, file_size: int, nb_bitmaps: int, dir_
 def _qemu_refusal(b: Bitmap) -> str:
     if b.extra_data_size:
         return "Bitmap extra data is not supported"
-    return f"Bitmap '{b.name}' doesn't satisfy the constraints"
+    return f"Bitmap '{b.qemu_name}' doesn't satisfy the constraints"
 
 
 def _raw_bitmap(index: int, entry_offset: int, raw: bytes) -> Bitmap:
@@ -150,7 +157,7 @@ def _raw_bitmap(index: int, entry_offset: int, raw: bytes) -> Bitmap:
                   name=decode_name(raw[24 + extra:24 + extra + name_size]),
                   table_offset=int.from_bytes(raw[0:8], "big"), table_size=int.from_bytes(raw[8:12], "big"),
                   flags=int.from_bytes(raw[12:16], "big"), type=raw[16], granularity_bits=raw[17],
-                  extra_data_size=extra)
+                  extra_data_size=extra, name_size=name_size)
 
 
 def check_dir_entry(h: Header, b: Bitmap) -> str | None:
@@ -165,6 +172,8 @@ def check_dir_entry(h: Header, b: Bitmap) -> str | None:
         return f"granularity_bits {b.granularity_bits} outside 9..31"
     if b.flags & BME_RESERVED_FLAGS:
         return f"reserved flags set: 0x{b.flags & BME_RESERVED_FLAGS:x}"
+    if b.name_size > BME_MAX_NAME_SIZE:
+        return f"name_size {b.name_size} exceeds {BME_MAX_NAME_SIZE}"
     if b.type != 1:
         return f"type {b.type} is not 1 (dirty tracking)"
     if b.extra_data_size:
@@ -201,6 +210,6 @@ def check_bitmap_tables(h: Header, bitmaps: list[Bitmap], read_table) -> list[Fi
                             f"bitmap '{b.name}' table entry {i} 0x{int(table[i]):016x} is invalid (reserved bits, "
                             f"or bit 0 or misalignment with an offset); {int(bad.sum())} such entries",
                             "bitmap table", b.table_offset + i * 8,
-                            qemu_message=f"Could not read bitmap_table table from image for bitmap '{b.name}': "
+                            qemu_message=f"Could not read bitmap_table table from image for bitmap '{b.qemu_name}': "
                                          "Invalid argument")]
     return []

@@ -17,6 +17,7 @@ import numpy as np
 from ..errors import ImageOpenError
 from ..findings import Finding, Severity
 from ..layers.file import FileLayer
+from ..text import clip
 from . import tables
 from .bitmaps import BME_MAX_TABLE_SIZE, Bitmap, check_bitmap_tables, read_bitmap_directory
 from .dedup import DedupTable, read_dedup_table
@@ -31,6 +32,35 @@ from .snapshots import Snapshot, read_snapshots
 
 HEADER_PROBE = 4096
 MAX_CLUSTER0_READ = 1 << MAX_CLUSTER_BITS
+# L1 entries read across the active and the distinct snapshot tables (two tables of QEMU's maximum): past
+# it, snapshot tables are not walked (4096 snapshots of 32 MiB would be 128 GiB)
+MAX_L1_WALK = 1 << 23
+
+
+@dataclass
+class L1Group:
+    """One L1 table (spec "Snapshots": each snapshot has its own copy) and every owner that names it: the
+    active one, or the snapshots whose entries give the same offset and size. QEMU walks the table once
+    per owner; the walk is the same each time, so it is done once and its references multiplied."""
+
+    offset: int
+    entries: int
+    owners: list[str]  # "active", "snapshot <id>" (ids clipped: they are repeated in every label)
+    snapshots: list[Snapshot]  # the snapshots among the owners, in table order
+    readable: int  # entries inside the file; the rest read as zeros and reference nothing
+    walked: bool  # False: past the budget of L1 entries (MAX_L1_WALK) or QEMU's limit; only the table is counted
+
+
+@dataclass(frozen=True)
+class L1References:
+    """The nonzero entries of an L1 table (spec "L1 table entry") and the distinct L2 offsets they name."""
+
+    index: np.ndarray  # the L1 index of each nonzero entry
+    entries: np.ndarray  # those entries
+    distinct: np.ndarray  # the distinct L2 offsets (bits 9-55) in the order first named
+    first: np.ndarray  # for each, the position (in ``index``) of the entry naming it first
+    counts: np.ndarray  # for each, how many entries name it
+    inverse: np.ndarray  # for each entry, the position of its L2 offset in ``distinct``
 
 
 @dataclass(frozen=True)
@@ -53,6 +83,8 @@ class Image:
     def __init__(self, path: str | os.PathLike[str]):
         self.path = Path(path)
         self.file = FileLayer(path)
+        self._last_l1: tuple[tuple[int, int], L1References] | None = None
+        self._groups: tuple[int, list[L1Group]] | None = None
         try:
             self._open()
         except BaseException:
@@ -242,18 +274,67 @@ class Image:
         """(owner, offset, entries) of the active L1 and of every snapshot L1 QEMU would follow."""
         h = self.header
         out = [("active", h.l1_table_offset, h.l1_size)]
-        out += [(f"snapshot {s.id}", s.l1_table_offset, s.l1_size) for s in self.snapshots
+        out += [(f"snapshot {clip(s.id)}", s.l1_table_offset, s.l1_size) for s in self.snapshots
                 if s.l1_table_offset % h.cluster_size == 0 and s.l1_size <= QCOW_MAX_L1_SIZE // 8]
         return out
 
-    def l2_references(self, offset: int, entries: int) -> list[tuple[int, int]] | Unreadable:
-        """(L1 index, L2 offset) of every entry of an L1 table that points at a cluster-aligned L2 table."""
-        l1 = self.l1_table(offset, entries)
-        if isinstance(l1, Unreadable):
-            return l1
-        l2 = l1 & tables.L1E_OFFSET_MASK
-        index = np.nonzero((l2 != 0) & (l2 % np.uint64(self.header.cluster_size) == 0))[0]
-        return list(zip(index.tolist(), l2[index].tolist(), strict=True))
+    def l1_groups(self, budget: int | None = None) -> list[L1Group]:
+        """The active L1 and the snapshot L1s QEMU would follow, snapshots naming the same table (offset and
+        size) in one group. The active table is always walked; a snapshot group only while its readable
+        entries fit in what is left of ``budget`` (entries, across the groups walked)."""
+        budget = MAX_L1_WALK if budget is None else budget
+        if self._groups is None or self._groups[0] != budget:  # the layout and each check ask in turn
+            self._groups = budget, self._l1_groups(budget)
+        return self._groups[1]
+
+    def _l1_groups(self, budget: int) -> list[L1Group]:
+        h = self.header
+        size = self.file.size
+
+        def readable(offset: int, entries: int) -> int:
+            return max(0, min(entries, -(-(size - offset) // 8)))
+
+        # an active L1 over QEMU's limit: qemu refuses the image (header.l1_table_too_large) and reads nothing
+        active = L1Group(h.l1_table_offset, h.l1_size, ["active"], [], readable(h.l1_table_offset, h.l1_size),
+                         h.l1_size <= QCOW_MAX_L1_SIZE // 8)
+        budget -= active.readable
+        groups: dict[tuple[int, int], L1Group] = {}
+        for s in self.snapshots:
+            if s.l1_table_offset % h.cluster_size or s.l1_size > QCOW_MAX_L1_SIZE // 8:
+                continue  # qemu refuses the entry (check names it)
+            g = groups.get((s.l1_table_offset, s.l1_size))
+            if g is None:
+                n = readable(s.l1_table_offset, s.l1_size)
+                g = groups[s.l1_table_offset, s.l1_size] = L1Group(s.l1_table_offset, s.l1_size, [], [], n,
+                                                                    n <= budget)
+                if g.walked:
+                    budget -= n
+            g.owners.append(f"snapshot {clip(s.id)}")
+            g.snapshots.append(s)
+        return [active, *groups.values()]
+
+    def l1_references(self, offset: int, entries: int) -> L1References:
+        """The nonzero entries of an L1 table as QEMU reads it (past the end of the file the table reads as
+        zeros, which reference nothing, so only the part inside the file is read), and the distinct L2
+        tables they name. The last table asked for is kept: the layout and the checks walk the same one."""
+        key = (offset, entries)
+        if self._last_l1 is not None and self._last_l1[0] == key:
+            return self._last_l1[1]
+        n = max(0, min(entries, -(-(self.file.size - offset) // 8)))
+        raw = self.file.read(offset, n * 8) if n else b""
+        l1 = tables.l1_entries(raw.ljust(n * 8, b"\0"))
+        index = np.flatnonzero(l1)
+        l1 = l1[index]
+        refs = L1References(index, l1, *tables.repeats(l1 & tables.L1E_OFFSET_MASK))
+        self._last_l1 = key, refs
+        return refs
+
+    def l2_references(self, offset: int, entries: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The distinct cluster-aligned L2 tables an L1 table names: their offsets, the L1 index that first
+        names each, and how many entries name each (arrays: 4M entries may name a few tables over and over)."""
+        refs = self.l1_references(offset, entries)
+        keep = np.flatnonzero((refs.distinct != 0) & (refs.distinct % np.uint64(self.header.cluster_size) == 0))
+        return refs.distinct[keep], refs.index[refs.first[keep]], refs.counts[keep]
 
     def l2_batches(self, offsets: list[int], max_entries: int = 1 << 18):
         """Decode L2 tables in batches: (offsets, descriptors (B, n), subcluster bitmaps (B, n) or None).

@@ -81,6 +81,22 @@ def bitmap_table(raw: bytes) -> np.ndarray:
     return be_u64(raw)
 
 
+def repeats(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The distinct values in the order they first occur, the position of that first occurrence, how many
+    times each occurs, and for each value the position of its distinct value: an L1 table may name the same
+    L2 table millions of times, and the table is then read once and its references multiplied (qemu-img
+    check counts each reference)."""
+    if values.size < 2 or (values[1:] > values[:-1]).all():  # sorted and distinct: the usual L1
+        index = np.arange(values.size)
+        return values, index, np.ones(values.size, dtype=np.int64), index
+    distinct, first, inverse, counts = np.unique(values, return_index=True, return_inverse=True,
+                                                 return_counts=True)
+    order = np.argsort(first, kind="stable")
+    rank = np.empty_like(order)
+    rank[order] = np.arange(order.size)
+    return distinct[order], first[order], counts[order].astype(np.int64), rank[inverse]
+
+
 def _memo_last_batch(fn):
     """Remember the answer for the last batch array (by identity, a reference kept so the identity
     stays valid): the refcount walk and the host layout both ask about each batch, one after the other."""
