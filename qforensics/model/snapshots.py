@@ -5,22 +5,24 @@ Reference: block/qcow2-snapshot.c qcow2_do_read_snapshots (QEMU 7.2).
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass
 
-from kaitaistruct import KaitaiStream
-from io import BytesIO
-
-import kaitaistruct
-
 from ..findings import Finding, Severity
-from ..formats.snapshot_table import SnapshotTable
 from .header import QCOW_MAX_SNAPSHOTS, QCOW_SNAPSHOT_HEADER_SIZE, Header
-from .kaitai import decode_name, opt
+from .kaitai import decode_name
 
 QCOW_MAX_SNAPSHOT_EXTRA_DATA = 1024
 QCOW_MAX_SNAPSHOTS_SIZE = 1024 * QCOW_MAX_SNAPSHOTS
 MAX_ENTRY_SIZE = QCOW_SNAPSHOT_HEADER_SIZE + QCOW_MAX_SNAPSHOT_EXTRA_DATA + 2 * 0xFFFF + 7
 STRUCTURE = "snapshot table"
+MAX_LISTED = 100  # entries of one kind of fault listed one by one; the rest are one finding (its repeat)
+# the fixed part of an entry (ksy/snapshot_table.ksy snapshot_entry, up to extra_data); read with struct
+# rather than the generated parser because a table may hold 65536 entries (tests/test_snapshot_parse.py
+# compares the two on every corpus image with snapshots)
+_FIXED = struct.Struct(">QIHHIIQII")
+_U64 = struct.Struct(">Q")
+_S64 = struct.Struct(">q")
 
 
 @dataclass(frozen=True)
@@ -74,10 +76,10 @@ def read_snapshots(h: Header, read, file_size: int) -> tuple[list[Snapshot], lis
                                 f"file (0x{file_size:x}); read as zeros, as QEMU reads it", STRUCTURE, start))
     # QEMU reads zeros past the end of the file; so do we, within its table size limit
     data = data.ljust(bound, b"\0")
-    io = KaitaiStream(BytesIO(data))
     out: list[Snapshot] = []
+    pos = 0
+    incomplete = 0
     for i in range(count):
-        pos = io.pos()
         if pos > QCOW_MAX_SNAPSHOTS_SIZE:
             findings.append(Finding("snapshot.table_too_big", Severity.CORRUPTION,
                                     f"snapshot table is larger than QEMU's limit of {QCOW_MAX_SNAPSHOTS_SIZE} bytes "
@@ -90,9 +92,8 @@ def read_snapshots(h: Header, read, file_size: int) -> tuple[list[Snapshot], lis
                                     f"at most {QCOW_MAX_SNAPSHOT_EXTRA_DATA}", STRUCTURE, start + pos,
                                     qemu_message=f"Too much extra metadata in snapshot table entry {i}"))
             break
-        try:
-            e = SnapshotTable.SnapshotEntry(io)
-        except (EOFError, kaitaistruct.KaitaiStructError, ValueError):
+        e = _entry(data, pos)
+        if e is None:
             # the buffer holds everything up to QEMU's limit (zeros past EOF): an entry that does not fit
             # crosses the limit
             findings.append(Finding("snapshot.table_too_big", Severity.CORRUPTION,
@@ -100,20 +101,40 @@ def read_snapshots(h: Header, read, file_size: int) -> tuple[list[Snapshot], lis
                                     f"{QCOW_MAX_SNAPSHOTS_SIZE} bytes", STRUCTURE, start + pos,
                                     qemu_message="Snapshot table is too big"))
             break
-        extra = e.extra_data
-        large = opt(extra, "len_vm_state")
-        vm_state = large if large is not None else e.len_vm_state_small
+        l1_offset, l1_size, id_size, name_size, date_sec, date_nsec, vm_clock, vm_state, extra_size, end = e
+        at = pos + QCOW_SNAPSHOT_HEADER_SIZE
+        large = _U64.unpack_from(data, at)[0] if extra_size >= 8 else None
+        at_id = at + extra_size
         snap = Snapshot(
-            index=i, entry_offset=start + pos, id=decode_name(e.id), name=decode_name(e.name),
-            l1_table_offset=e.ofs_l1_table, l1_size=e.num_l1_entries, date_sec=e.date_sec, date_nsec=e.date_nsec,
-            vm_clock_nsec=e.vm_clock_nsec, vm_state_size=vm_state, extra_data_size=e.len_extra_data,
-            entry_size=io.pos() - pos,
-            disk_size=opt(extra, "len_virtual_disk"), icount=opt(extra, "icount"),
+            index=i, entry_offset=start + pos, id=decode_name(data[at_id:at_id + id_size]),
+            name=decode_name(data[at_id + id_size:at_id + id_size + name_size]),
+            l1_table_offset=l1_offset, l1_size=l1_size, date_sec=date_sec, date_nsec=date_nsec,
+            vm_clock_nsec=vm_clock, vm_state_size=large if large is not None else vm_state,
+            extra_data_size=extra_size, entry_size=end - pos,
+            disk_size=_U64.unpack_from(data, at + 8)[0] if extra_size >= 16 else None,
+            icount=_S64.unpack_from(data, at + 16)[0] if extra_size >= 24 else None,
         )
         out.append(snap)
-        if h.version >= 3 and e.len_extra_data < 16:
+        pos = end
+        if h.version >= 3 and extra_size < 16 and (incomplete := incomplete + 1) <= MAX_LISTED:
             findings.append(Finding("snapshot.extra_data_incomplete", Severity.CORRUPTION,
-                                    f"snapshot entry {i} has {e.len_extra_data} bytes of extra data; version 3 "
+                                    f"snapshot entry {i} has {extra_size} bytes of extra data; version 3 "
                                     "requires at least 16 (vm_state_size_large and disk_size)",
                                     STRUCTURE, snap.entry_offset))
+    if incomplete > MAX_LISTED:
+        more = incomplete - MAX_LISTED
+        findings.append(Finding("snapshot.extra_data_incomplete.more", Severity.CORRUPTION,
+                                f"{more} more snapshot entries have under 16 bytes of extra data (not listed)",
+                                STRUCTURE, start, repeat=more))
     return out, findings
+
+
+def _entry(data: bytes, pos: int) -> tuple | None:
+    """The fixed fields of the entry at ``pos`` and where it ends (padded to 8 bytes), or None when the
+    entry does not fit in ``data`` (spec "Snapshots": header, extra data, id, name, padding)."""
+    if pos + QCOW_SNAPSHOT_HEADER_SIZE > len(data):
+        return None
+    fields = _FIXED.unpack_from(data, pos)
+    size = QCOW_SNAPSHOT_HEADER_SIZE + fields[8] + fields[2] + fields[3]
+    end = pos + size + (8 - size % 8) % 8
+    return None if end > len(data) else (*fields, end)
