@@ -153,7 +153,7 @@ def test_snapshot_walk_past_the_budget_is_said(tmp_path, monkeypatch):
     monkeypatch.setattr(image_model, "MAX_L1_WALK", 2)  # the active L1 (2 entries) spends it all
     with open_image(path) as img:
         findings = check_image(img).findings
-    cut = [f for f in findings if f.code == "snapshot.l1_not_walked"]
+    cut = [f for f in findings if f.code == "check.not_walked"]
     assert len(cut) == 1 and "snapshot 1, snapshot 2, snapshot 3" in cut[0].message
     assert cut[0].qemu_counts is None
 

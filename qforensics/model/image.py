@@ -35,6 +35,10 @@ MAX_CLUSTER0_READ = 1 << MAX_CLUSTER_BITS
 # L1 entries read across the active and the distinct snapshot tables (two tables of QEMU's maximum): past
 # it, snapshot tables are not walked (4096 snapshots of 32 MiB would be 128 GiB)
 MAX_L1_WALK = 1 << 23
+# bytes of distinct L2 tables one walk reads beyond the file's size: the distinct tables at aligned offsets
+# inside the file are at most the file, so only tables at unaligned offsets (which overlap one another, up
+# to cluster_size / 512 of them per cluster: 12 GB for a 100 MB file) go past it
+L2_WALK_SLACK = 32 << 20
 
 
 @dataclass
@@ -312,6 +316,10 @@ class Image:
             g.owners.append(f"snapshot {clip(s.id)}")
             g.snapshots.append(s)
         return [active, *groups.values()]
+
+    def l2_walk_budget(self) -> int:
+        """Bytes of distinct L2 tables inside the file a walk reads (past the file they read as zeros)."""
+        return self.file.size + L2_WALK_SLACK
 
     def l1_references(self, offset: int, entries: int) -> L1References:
         """The nonzero entries of an L1 table as QEMU reads it (past the end of the file the table reads as
