@@ -117,7 +117,7 @@ def _guest_view(img, args: argparse.Namespace, opened: list, cipher=None):
 
 
 def _cmd_map(args: argparse.Namespace) -> int:
-    from .recovery.map import guest_map, human_lines, json_lines
+    from .recovery.map import human_chunks, json_chunks, map_rows
 
     opened: list = []
     unreadable: list = []  # the first 20, then only counted
@@ -135,23 +135,22 @@ def _cmd_map(args: argparse.Namespace) -> int:
                 names.append(at.name)
                 at = at.backing
 
-            def noted(entries):
+            def noted(batches):
                 nonlocal count
-                for e in entries:
-                    if e.unreadable:
-                        count += 1
-                        if len(unreadable) < 20:
-                            unreadable.append(e)
-                    yield e
+                for rows in batches:
+                    count += len(rows.reasons)
+                    for i, why in sorted(rows.reasons.items())[:max(0, 20 - len(unreadable))]:
+                        unreadable.append((int(rows.start[i]), int(rows.length[i]), why))
+                    yield rows
 
-            entries = noted(guest_map(layer))
-            lines = json_lines(entries) if args.output == "json" else human_lines(entries, names)
-            sys.stdout.writelines(lines)
+            batches = noted(map_rows(layer))
+            chunks = json_chunks(batches) if args.output == "json" else human_chunks(batches, names)
+            sys.stdout.writelines(chunks)
     finally:
         for f in opened:
             f.close()
-    for e in unreadable:
-        print(f"qforensics: {args.image}: guest 0x{e.start:x}+0x{e.length:x}: {e.unreadable}", file=sys.stderr)
+    for start, length, why in unreadable:
+        print(f"qforensics: {args.image}: guest 0x{start:x}+0x{length:x}: {why}", file=sys.stderr)
     if count > len(unreadable):
         print(f"qforensics: {args.image}: {count - len(unreadable)} more unreadable ranges", file=sys.stderr)
     return EXIT_FAILED if count else EXIT_OK

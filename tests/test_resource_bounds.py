@@ -269,8 +269,6 @@ ALL = "*"
 # this test's). They are not run (each would take the whole safety net) unless QF_BOUNDS_ALL=1; then they are
 # expected to fail, and pass once fixed. `python3 tests/test_resource_bounds.py` measures them all.
 OVER_BOUNDS: dict[tuple[str, str | tuple[str, ...]], str] = {
-    ("unaligned_l2s", "map"): "recovery/map.py guest_map walks the guest view of 4M L1 entries naming 118K "
-                              "overlapping garbage L2 tables (16 s here)",
 }
 RUN_OVER_BOUNDS = os.environ.get("QF_BOUNDS_ALL") == "1"
 

@@ -73,6 +73,16 @@ class Runs:
         return cls([ext.start], [ext.length], [ext.kind], [ext.host], [ext.entry],
                    {0: ext.reason} if ext.reason else None)
 
+    @classmethod
+    def concat(cls, parts: list[Runs]) -> Runs:
+        reasons, n = {}, 0
+        for p in parts:
+            reasons.update({n + i: r for i, r in p.reasons.items()})
+            n += len(p)
+        cat = np.concatenate
+        return cls(cat([p.start for p in parts]), cat([p.length for p in parts]), cat([p.kind for p in parts]),
+                   cat([p.host for p in parts]), cat([p.entry for p in parts]), reasons)
+
     def __len__(self) -> int:
         return len(self.start)
 

@@ -135,12 +135,33 @@ def _merge(rows: _Rows) -> _Rows:
                  rows.data[heads], rows.offset[heads], reasons)
 
 
-def map_rows(layer) -> Iterator[_Rows]:
-    """The merged map of a guest view over its whole size, in batches of rows."""
-    carry: _Rows | None = None
+GROUP_ROWS = 8192  # runs gathered before they are merged: a damaged view comes in many tiny batches
+
+
+def _grouped(layer) -> Iterator[tuple[int, object, Runs]]:
+    """resolve()'s batches, consecutive ones of the same layer joined up to GROUP_ROWS runs (a garbage L1
+    gives a batch or two per entry; merging each alone cost more than the runs themselves)."""
+    parts: list[Runs] = []
+    size = 0
+    key = None
     for depth, owner, runs in resolve(layer, 0, layer.size):
         if not len(runs):
             continue
+        if parts and (key != (depth, id(owner)) or size + len(runs) > GROUP_ROWS):
+            yield key[0], head, parts[0] if len(parts) == 1 else Runs.concat(parts)
+            parts, size = [], 0
+        if not parts:
+            key, head = (depth, id(owner)), owner
+        parts.append(runs)
+        size += len(runs)
+    if parts:
+        yield key[0], head, parts[0] if len(parts) == 1 else Runs.concat(parts)
+
+
+def map_rows(layer) -> Iterator[_Rows]:
+    """The merged map of a guest view over its whole size, in batches of rows."""
+    carry: _Rows | None = None
+    for depth, owner, runs in _grouped(layer):
         rows = _rows(depth, owner, runs)
         merged = _merge(rows if carry is None else _Rows.concat([carry, rows]))
         n = len(merged.start)
@@ -160,48 +181,61 @@ def guest_map(layer) -> Iterator[MapEntry]:
             yield MapEntry(s, n, d, p, z, a, o if o >= 0 else None, rows.reasons.get(i))
 
 
-def json_lines(entries: Iterable[MapEntry]) -> Iterator[str]:
-    """The text `qemu-img map --output=json` prints, byte for byte, in pieces (plus "unreadable" where
-    QEMU stops)."""
-    t = {True: "true", False: "false"}
-    first = True
-    yield "["
-    for e in entries:
-        line = (f'{{ "start": {e.start}, "length": {e.length}, "depth": {e.depth}, "present": {t[e.present]}, '
-                f'"zero": {t[e.zero]}, "data": {t[e.data]}')
-        if e.offset is not None:
-            line += f', "offset": {e.offset}'
-        if e.unreadable:
-            line += f', "unreadable": {json.dumps(e.unreadable)}'
-        yield line + "}" if first else ",\n" + line + "}"
-        first = False
-    yield "]\n"
+_FLAGS = {(p << 2) | (z << 1) | d: f'"present": {"true" if p else "false"}, "zero": {"true" if z else "false"}, '
+                                   f'"data": {"true" if d else "false"}'
+          for p in (0, 1) for z in (0, 1) for d in (0, 1)}
 
 
-def render_json(entries: Iterable[MapEntry]) -> str:
-    return "".join(json_lines(entries))
+def _flags(rows: _Rows) -> list[int]:
+    return ((rows.present.astype(np.int8) << 2) | (rows.zero.astype(np.int8) << 1) | rows.data).tolist()
 
 
-def human_lines(entries: Iterable[MapEntry], names: list[str]) -> Iterator[str]:
+def json_chunks(batches: Iterable[_Rows]) -> Iterator[str]:
+    """The text `qemu-img map --output=json` prints, byte for byte, one piece per batch of rows (plus
+    "unreadable" where QEMU stops). Formatted a batch at a time: a hostile image may map to millions of
+    unmergeable runs (every L2 entry of a garbage table pointing somewhere else)."""
+    sep = "["
+    for rows in batches:
+        lines = [f'{{ "start": {s}, "length": {n}, "depth": {d}, {_FLAGS[f]}'
+                 + (f', "offset": {o}}}' if o >= 0 else "}")
+                 for s, n, d, f, o in zip(rows.start.tolist(), rows.length.tolist(), rows.depth.tolist(),
+                                          _flags(rows), rows.offset.tolist(), strict=True)]
+        for i, why in rows.reasons.items():
+            lines[i] = lines[i][:-1] + f', "unreadable": {json.dumps(why)}}}'
+        if lines:
+            yield sep + ",\n".join(lines)
+            sep = ",\n"
+    yield ("[" if sep == "[" else "") + "]\n"
+
+
+def render_json(layer) -> str:
+    """The whole JSON map of a guest view."""
+    return "".join(json_chunks(map_rows(layer)))
+
+
+_WHAT = {(p << 2) | (z << 1) | d: ("data" if d and not z else "data(hole)" if d else "zero" if p else "unallocated")
+         for p in (0, 1) for z in (0, 1) for d in (0, 1)}
+
+
+def human_chunks(batches: Iterable[_Rows], names: list[str]) -> Iterator[str]:
     """A table of every run: guest range, the layer that provides it, what it is, where it lies."""
     yield f"{'Offset':<18}{'Length':<18}{'Depth':<7}{'Reads':<12}{'Mapped to':<18}File\n"
-    for e in entries:
-        if e.unreadable:
-            what = "UNREADABLE"
-        elif e.data and not e.zero:
-            what = "data"
-        elif e.data:
-            what = "data(hole)"
-        elif e.present:
-            what = "zero"
-        else:
-            what = "unallocated"
-        where = f"0x{e.offset:x}" if e.offset is not None else ("-" if not e.data else "(no raw offset)")
-        name = names[e.depth] if e.depth < len(names) else ""
-        yield f"0x{e.start:<16x}0x{e.length:<16x}{e.depth:<7}{what:<12}{where:<18}{name}\n"
-        if e.unreadable:
-            yield f"    {e.unreadable}\n"
+    what = {f: f"{w:<12}" for f, w in _WHAT.items()}
+    nowhere = {0: f"{'-':<18}", 1: f"{'(no raw offset)':<18}"}
+    name = [names[d] if d < len(names) else "" for d in range(max(len(names), 1) + 1)]
+    for rows in batches:
+        depth = np.minimum(rows.depth, len(name) - 1).tolist()
+        lines = ["0x%-16x0x%-16x%-7d%s%s%s\n" % (s, n, d, what[f], "0x%-16x" % o if o >= 0 else nowhere[f & 1],
+                                                    name[d])
+                 for s, n, d, f, o in zip(rows.start.tolist(), rows.length.tolist(), depth, _flags(rows),
+                                          rows.offset.tolist(), strict=True)]
+        for i, why in rows.reasons.items():  # UNREADABLE in the Reads column, and the reason below
+            o, d = int(rows.offset[i]), depth[i]
+            where = f"0x{o:x}" if o >= 0 else "(no raw offset)" if rows.data[i] else "-"
+            lines[i] = (f"0x{int(rows.start[i]):<16x}0x{int(rows.length[i]):<16x}{d:<7}{'UNREADABLE':<12}"
+                        f"{where:<18}{name[d]}\n    {why}\n")
+        yield "".join(lines)
 
 
-def render_human(entries: Iterable[MapEntry], names: list[str]) -> str:
-    return "".join(human_lines(entries, names))
+def render_human(layer, names: list[str]) -> str:
+    return "".join(human_chunks(map_rows(layer), names))
