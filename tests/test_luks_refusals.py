@@ -149,3 +149,20 @@ def test_refused_header_still_opens(corpus, tmp_path, name):
         assert img.refusals
         cipher = open_cipher(img, CASES["encrypted_luks"]["passphrase"])
     assert cipher.key_slot == 0 and cipher.name == "aes-256-xts-plain64"
+
+
+def test_a_refused_pointer_is_qemus_only_reason(corpus, tmp_path):
+    """An unaligned header offset: qemu stops at the pointer and never reads what lies there."""
+    path = luks_copy(corpus, tmp_path, "pointer_unaligned")
+    with open(path, "r+b") as f:
+        data = f.read(1 << 16)
+        at = find_extension(data, 0x0537BE77) + 8
+        f.seek(at)
+        f.write(struct.pack(">Q", struct.unpack_from(">Q", data, at)[0] + 512))
+    qemu = qemu_verdict(path)
+    assert qemu is not None and "not a multiple of cluster size" in qemu
+    with open_image(path) as img:
+        assert [f.qemu_message for f in img.refusals] == [qemu]
+        assert any(f.code.startswith("luks.") for f in img.findings)  # what lies there is still judged
+    ours = run_qforensics("info", path.name, cwd=tmp_path)
+    assert ours.returncode == 1 and len(ours.stderr.strip().splitlines()) == 1 and qemu in ours.stderr

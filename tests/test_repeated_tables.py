@@ -231,3 +231,22 @@ def test_big_clusters_named_by_many_l1_entries(corpus, tmp_path):
     # the L2 table and its 7 data clusters saturate (the new L1 itself has no refcount: refcount=0 reference=1)
     assert sum(f["qemu_check"].endswith("refcount=1 reference=65535") for f in too_low) == 8
     assert sum(f["code"] == "refcount.overflow" for f in report["findings"]) == 8
+
+
+def test_long_bitmap_names_are_clipped_in_messages(tmp_path):
+    """A 1000-byte bitmap name (qemu's limit is 1023): clipped in our message, whole in qemu's."""
+    path = create(tmp_path / "bm.qcow2", "64M")
+    name = "b" * 1000
+    assert subprocess.run(["qemu-img", "bitmap", "--add", str(path), name], capture_output=True).returncode == 0
+    with open_image(path) as img:
+        (b,) = img.bitmaps
+        table_offset = b.table_offset
+    with open(path, "r+b") as f:  # a reserved bit in the bitmap table's first entry
+        f.seek(table_offset)
+        f.write(struct.pack(">Q", 1 << 2))
+    qemu = subprocess.run(["qemu-img", "info", str(path)], capture_output=True, text=True)
+    with open_image(path) as img:
+        assert img.bitmaps  # read, with its findings
+        (finding,) = [f for f in img.findings if f.code == "bitmap.table_invalid"]
+    assert clip(name) in finding.message and name not in finding.message
+    assert finding.qemu_message in qemu.stderr and name in finding.qemu_message

@@ -9,9 +9,9 @@ from io import BytesIO
 
 import kaitaistruct
 import pytest
+from conftest import CASES, qcow2_files
 from kaitaistruct import KaitaiStream
 
-from conftest import CASES, qcow2_files
 from qforensics.formats.snapshot_table import SnapshotTable
 from qforensics.model import Image
 from qforensics.model.kaitai import decode_name, opt

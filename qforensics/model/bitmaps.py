@@ -9,6 +9,7 @@ from dataclasses import dataclass, replace
 
 from ..findings import Finding, Severity
 from ..formats.bitmaps import Bitmaps
+from ..text import MAX_SHOWN, clip
 from .header import Header
 from .kaitai import StructureError, decode_name, parse
 
@@ -58,6 +59,11 @@ class Bitmap:
             names.append("auto")
         return names
 
+
+
+def _shown(name: str) -> str:
+    """A bitmap name for a message: quoted, or clipped when long (it is repeated once per bitmap)."""
+    return f"'{name}'" if len(name) <= MAX_SHOWN else clip(name)
 
 def _entry_length(raw: bytes) -> int:
     extra = int.from_bytes(raw[20:24], "big")
@@ -119,7 +125,7 @@ def read_bitmap_directory(h: Header, read, file_size: int, nb_bitmaps: int, dir_
         except StructureError as exc:
             b = _raw_bitmap(index, entry_offset, raw)
             bitmaps.append(b)
-            corrupt("bitmap.entry_invalid", f"entry {index} ('{b.name}'): {exc.message}", entry_offset,
+            corrupt("bitmap.entry_invalid", f"entry {index} ({_shown(b.name)}): {exc.message}", entry_offset,
                     _qemu_refusal(b))
             continue
         b = Bitmap(index=index, entry_offset=entry_offset, name=decode_name(e.name), table_offset=e.ofs_bitmap_table,
@@ -129,10 +135,10 @@ def read_bitmap_directory(h: Header, read, file_size: int, nb_bitmaps: int, dir_
         bitmaps.append(b)
         why = check_dir_entry(h, b)
         if why:
-            corrupt("bitmap.entry_constraints", f"bitmap '{b.name}': {why}", entry_offset, _qemu_refusal(b))
+            corrupt("bitmap.entry_constraints", f"bitmap {_shown(b.name)}: {why}", entry_offset, _qemu_refusal(b))
         elif any(other.name == b.name for other in bitmaps[:-1]):
             # qemu creates the in-memory bitmaps at open and fails on the second one of a name
-            corrupt("bitmap.duplicate_name", f"bitmap '{b.name}' at 0x{entry_offset:x}: another bitmap already has "
+            corrupt("bitmap.duplicate_name", f"bitmap {_shown(b.name)} at 0x{entry_offset:x}: another bitmap already has "
                     "this name", entry_offset, f"Bitmap already exists: {b.qemu_name}")
     if len(bitmaps) < nb_bitmaps:
         corrupt("bitmap.directory_too_few", f"bitmap directory holds {len(bitmaps)} entries, nb_bitmaps says "
@@ -207,7 +213,7 @@ def check_bitmap_tables(h: Header, bitmaps: list[Bitmap], read_table) -> list[Fi
         if bad.any():
             i = int(np.nonzero(bad)[0][0])
             return [Finding("bitmap.table_invalid", Severity.CORRUPTION,
-                            f"bitmap '{b.name}' table entry {i} 0x{int(table[i]):016x} is invalid (reserved bits, "
+                            f"bitmap {_shown(b.name)} table entry {i} 0x{int(table[i]):016x} is invalid (reserved bits, "
                             f"or bit 0 or misalignment with an offset); {int(bad.sum())} such entries",
                             "bitmap table", b.table_offset + i * 8,
                             qemu_message=f"Could not read bitmap_table table from image for bitmap '{b.qemu_name}': "

@@ -8,7 +8,7 @@ not qcow2 at all raises (ImageOpenError).
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path
 
@@ -220,7 +220,13 @@ class Image:
         ext = self.extensions.first(FULL_DISK_ENCRYPTION)
         if self.header.crypt_method != QCOW_CRYPT_LUKS or ext is None or ext.body is None:
             return None, []
-        return read_luks_header(self.file.read, ext.body.ofs_encryption_header, ext.body.len_encryption_header)
+        header, findings = read_luks_header(self.file.read, ext.body.ofs_encryption_header,
+                                            ext.body.len_encryption_header)
+        if any(f.code.startswith("extension.crypto_") and f.refused_by_qemu for f in self.extensions.findings):
+            # qemu stops at the refused pointer and never reads the header: what is wrong with it is ours to
+            # say, not a second refusal of qemu's
+            findings = [replace(f, qemu_message=None) for f in findings]
+        return header, findings
 
     @property
     def luks(self) -> LuksHeader | None:

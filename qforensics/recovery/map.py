@@ -143,7 +143,7 @@ def _grouped(layer) -> Iterator[tuple[int, object, Runs]]:
     gives a batch or two per entry; merging each alone cost more than the runs themselves)."""
     parts: list[Runs] = []
     size = 0
-    key = None
+    key, head = (0, 0), None
     for depth, owner, runs in resolve(layer, 0, layer.size):
         if not len(runs):
             continue
@@ -225,8 +225,9 @@ def human_chunks(batches: Iterable[_Rows], names: list[str]) -> Iterator[str]:
     name = [names[d] if d < len(names) else "" for d in range(max(len(names), 1) + 1)]
     for rows in batches:
         depth = np.minimum(rows.depth, len(name) - 1).tolist()
-        lines = ["0x%-16x0x%-16x%-7d%s%s%s\n" % (s, n, d, what[f], "0x%-16x" % o if o >= 0 else nowhere[f & 1],
-                                                    name[d])
+        # %-formatting: a quarter faster than f-strings with format specs, for millions of rows
+        lines = ["0x%-16x0x%-16x%-7d%s%s%s\n" % (s, n, d, what[f], "0x%-16x" % o if o >= 0  # noqa: UP031
+                                                    else nowhere[f & 1], name[d])
                  for s, n, d, f, o in zip(rows.start.tolist(), rows.length.tolist(), depth, _flags(rows),
                                           rows.offset.tolist(), strict=True)]
         for i, why in rows.reasons.items():  # UNREADABLE in the Reads column, and the reason below
