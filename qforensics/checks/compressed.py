@@ -64,6 +64,14 @@ def check_compressed(img: Image, layout: Layout) -> tuple[list[Finding], dict[in
         else:
             more[code] = more.get(code, 0) + 1
 
+    def judge(s: int, e: int, data: bytes, error: str | None) -> None:
+        if error is not None:
+            add("compressed.inflate_error", f"compressed stream at 0x{s:x} ({e - s} bytes stored) does "
+                f"not inflate with {name}: {error}", s)
+        elif len(data) != cs:
+            add("compressed.wrong_length", f"compressed stream at 0x{s:x} inflates to {len(data)} bytes, "
+                f"not one cluster ({cs})", s)
+
     listed: dict[str, int] = {}
     exact: dict[int, int] = {}
     algorithm = h.compression_type
@@ -83,12 +91,7 @@ def check_compressed(img: Image, layout: Layout) -> tuple[list[Finding], dict[in
         data, consumed, error = inflate(raw, cs, algorithm)
         output -= len(data)
         exact[s] = s + consumed
-        if error is not None:
-            add("compressed.inflate_error", f"compressed stream at 0x{s:x} ({e - s} bytes stored) does "
-                f"not inflate with {name}: {error}", s)
-        elif len(data) != cs:
-            add("compressed.wrong_length", f"compressed stream at 0x{s:x} inflates to {len(data)} bytes, "
-                f"not one cluster ({cs})", s)
+        judge(s, e, data, error)
     left = inside - tried
     past = pairs[inside:]
     if past.size:
@@ -98,12 +101,7 @@ def check_compressed(img: Image, layout: Layout) -> tuple[list[Finding], dict[in
         for s, e in past[:MAX_LISTED].tolist():
             add("compressed.truncated", f"compressed stream at 0x{s:x} needs {e - s} bytes but the file "
                 f"ends at 0x{img.file.size:x}", s)
-            if error is not None:
-                add("compressed.inflate_error", f"compressed stream at 0x{s:x} ({e - s} bytes stored) does "
-                    f"not inflate with {name}: {error}", s)
-            elif len(data) != cs:
-                add("compressed.wrong_length", f"compressed stream at 0x{s:x} inflates to {len(data)} "
-                    f"bytes, not one cluster ({cs})", s)
+            judge(s, e, data, error)
         rest = len(past) - min(len(past), MAX_LISTED)
         if rest:
             more["compressed.truncated"] = more.get("compressed.truncated", 0) + rest
