@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import errno
-import mmap
 import os
 import stat
 from functools import cached_property
@@ -102,31 +101,6 @@ class FileLayer:
                 break
             done += got
         return done
-
-    def mapped(self, offset: int, length: int):
-        """A read-only memory map of [offset, offset+length) (clipped to the file), and the position of
-        ``offset`` in it; the caller closes the map. PROT_READ: the evidence cannot be written through it."""
-        page = mmap.ALLOCATIONGRANULARITY
-        base = offset - offset % page
-        length = min(length, self.size - offset)
-        flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
-        return mmap.mmap(self._fd, length + offset - base, flags=flags, prot=mmap.PROT_READ, offset=base), offset - base
-
-    def copy_to(self, out_fd: int, offset: int, length: int, out_offset: int) -> None:
-        """Copy [offset, offset+length) to ``out_fd`` at ``out_offset`` inside the kernel (copy_file_range),
-        falling back to read and write where the file systems do not allow it."""
-        while length > 0:
-            try:
-                done = os.copy_file_range(self._fd, out_fd, length, offset, out_offset)
-            except OSError:
-                done = 0
-            if done <= 0:
-                data = self.read(offset, length)
-                os.pwrite(out_fd, data, out_offset)
-                return
-            offset += done
-            out_offset += done
-            length -= done
 
     @cached_property
     def data_extents(self) -> tuple[np.ndarray, np.ndarray]:
