@@ -381,11 +381,15 @@ class Image:
                 yield chunk, words, None
 
     def l2_table(self, offset: int) -> tuple[np.ndarray, np.ndarray | None] | Unreadable:
-        """Descriptors (and extended-L2 bitmaps) of the L2 table at ``offset``."""
+        """Descriptors (and extended-L2 bitmaps) of the L2 table at ``offset``, always a whole table: the
+        part past the end of the file reads as zeros, as QEMU reads it (so callers index it by L2 index)."""
         if not self.geometry_ok:
             return Unreadable(f"cluster_bits {self.header.cluster_bits} is not usable")
-        raw = self.read_table(offset, self.header.cluster_size, self.header.cluster_size)
-        return raw if isinstance(raw, Unreadable) else tables.l2_entries(raw, self.header.extended_l2)
+        cs = self.header.cluster_size
+        raw = self.read_table(offset, cs, cs)
+        if isinstance(raw, Unreadable):
+            return raw
+        return tables.l2_entries(raw.ljust(cs, b"\0"), self.header.extended_l2)
 
     def refcount_table(self) -> np.ndarray | Unreadable:
         h = self.header
