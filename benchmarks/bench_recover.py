@@ -63,9 +63,10 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
+import bench_check
 from bench_check import code_hash, fingerprint, freeze_tree, gnu_time, machine  # one frozen-copy recipe for both benchmarks
 
 HERE = Path(__file__).resolve().parent
@@ -110,21 +111,8 @@ class Run:
     size: int = -1  # the output's apparent size
 
 
-@dataclass
-class Series:
-    runs: list[Run] = field(default_factory=list)
-
-    @property
-    def times(self) -> list[float]:
-        return [r.seconds for r in self.runs]
-
-    @property
-    def median(self) -> float:
-        return statistics.median(self.times)
-
-    @property
-    def peak_mb(self) -> float:
-        return max(r.peak_mb for r in self.runs)
+class Series(bench_check.Series):
+    """bench_check's series of runs, with the CPU time recover's runs also carry."""
 
     @property
     def cpu_median(self) -> float:
