@@ -14,7 +14,6 @@ under any name (symlink, other relative path, hard link).
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import stat
@@ -150,5 +149,7 @@ def safe_component(text: str, max_len: int = 80) -> str:
     clean = clean or "_"
     if clean == text and len(clean) <= max_len and not SUFFIX.search(clean):
         return clean
+    import hashlib  # only for names that had to change (OpenSSL's load is most of a plain recover's imports)
+
     digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:HASH_CHARS]
     return f"{clean[:max_len - HASH_CHARS - 1]}-{digest}"

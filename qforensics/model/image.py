@@ -11,6 +11,7 @@ import os
 from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -19,16 +20,18 @@ from ..findings import Finding, Severity
 from ..layers.file import FileLayer
 from ..text import clip
 from . import tables
-from .bitmaps import BME_MAX_TABLE_SIZE, Bitmap, check_bitmap_tables, read_bitmap_directory
-from .dedup import DedupTable, read_dedup_table
-from .draft_bitmaps import DraftBitmap, read_draft_bitmaps
-from .encryption import LuksHeader, read_luks_header
 from .extensions import (BACKING_FORMAT, BITMAPS, DEDUPLICATION, EXTERNAL_DATA_FILE, FULL_DISK_ENCRYPTION,
                          Extensions, read_extensions)
 from .header import (KAITAI_TO_SPEC, FIELDS, MAGIC, MAX_CLUSTER_BITS, MIN_CLUSTER_BITS, QCOW_CRYPT_LUKS,
                      QCOW_MAX_L1_SIZE, QCOW_MAX_REFTABLE_SIZE, Header, check_header, feature_names, parse_header)
 from .kaitai import StructureError, decode_name
 from .snapshots import Snapshot, read_snapshots
+
+if TYPE_CHECKING:  # the optional structures' readers are imported when an image has them
+    from .bitmaps import Bitmap
+    from .dedup import DedupTable
+    from .draft_bitmaps import DraftBitmap
+    from .encryption import LuksHeader
 
 HEADER_PROBE = 4096
 MAX_CLUSTER0_READ = 1 << MAX_CLUSTER_BITS
@@ -205,6 +208,8 @@ class Image:
         ext = self.bitmaps_extension
         if ext is None:
             return [], []
+        from .bitmaps import check_bitmap_tables, read_bitmap_directory
+
         bitmaps, findings = read_bitmap_directory(self.header, self.file.read, self.file.size, ext.num_bitmaps,
                                                   ext.ofs_bitmap_directory, min(ext.len_bitmap_directory, 1024 * 65535))
         if not any(f.qemu_message for f in findings):
@@ -220,6 +225,8 @@ class Image:
         ext = self.extensions.first(FULL_DISK_ENCRYPTION)
         if self.header.crypt_method != QCOW_CRYPT_LUKS or ext is None or ext.body is None:
             return None, []
+        from .encryption import read_luks_header
+
         header, findings = read_luks_header(self.file.read, ext.body.ofs_encryption_header,
                                             ext.body.len_encryption_header)
         if any(f.code.startswith("extension.crypto_") and f.refused_by_qemu for f in self.extensions.findings):
@@ -242,6 +249,8 @@ class Image:
         d = self.dedup_extension
         if d is None or not self.geometry_ok:
             return None, []
+        from .dedup import read_dedup_table
+
         return read_dedup_table(self.header, self.file.read, self.file.size, d.ofs_dedup_table, d.len_dedup_table)
 
     @property
@@ -254,6 +263,8 @@ class Image:
         ext = self.extensions.first(BITMAPS)
         if ext is None or ext.length != 12 or ext.body is None:
             return [], []
+        from .draft_bitmaps import read_draft_bitmaps
+
         return read_draft_bitmaps(self.file.read, self.file.size, ext.body.num_dirty_bitmaps,
                                   ext.body.ofs_dirty_bitmaps)
 
@@ -408,6 +419,8 @@ class Image:
 
     def bitmap_table(self, bitmap: Bitmap) -> np.ndarray | Unreadable:
         """Entries of one bitmap's table (spec "Bitmap table"), bounded by QEMU's BME_MAX_TABLE_SIZE."""
+        from .bitmaps import BME_MAX_TABLE_SIZE
+
         raw = self.read_table(bitmap.table_offset, bitmap.table_size * 8, BME_MAX_TABLE_SIZE * 8)
         return raw if isinstance(raw, Unreadable) else tables.bitmap_table(raw)
 

@@ -247,11 +247,13 @@ def augment(img: Image, layer, *, snapshot=None, force: bool = False):
     notes: list[str] = []
     if snapshot is not None or not img.geometry_ok or img.header.extended_l2:
         return layer, notes
-    slots, damaged = damaged_slots(layer)
     lay = build_layout(img, journals=False)
     role = lay.role
-    refcounts = stored_refcounts(img, len(role))
     free = np.flatnonzero(role == Role.FREE)
+    if not len(free):  # every cluster is referenced: nothing to scan (and no need to walk the view for damage)
+        return layer, notes
+    slots, damaged = damaged_slots(layer)
+    refcounts = stored_refcounts(img, len(role))
     # without signs of damage only the leaked clusters (in use, referenced by nothing) are read
     leaked = refcounts is not None and refcounts.any() and not (force or damaged)
     scan = free[refcounts[free]] if leaked else free
