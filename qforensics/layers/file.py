@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import errno
+import mmap
 import os
 import stat
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import cached_property
 from pathlib import Path
 
@@ -101,6 +104,37 @@ class FileLayer:
                 break
             done += got
         return done
+
+    def copy_range(self, offset: int, length: int, out_fd: int, out_offset: int) -> int:
+        """Have the kernel copy [offset, offset+length) to ``out_fd`` at ``out_offset`` (copy_file_range: no
+        copy through user space); returns the bytes copied, fewer when the file ends first. Raises OSError
+        where the kernel cannot (EXDEV across file systems on older kernels, ENOSYS, EINVAL, ...)."""
+        done = 0
+        while done < length:
+            got = os.copy_file_range(self._fd, out_fd, length - done, offset + done, out_offset + done)
+            if not got:
+                break
+            done += got
+        return done
+
+    @contextmanager
+    def mapped(self, offset: int, length: int) -> Iterator[memoryview]:
+        """[offset, offset+length), clipped to the end of the file, as a read-only view of a shared mapping
+        (PROT_READ of the O_RDONLY descriptor: the evidence cannot be written through it). A file cut
+        under the mapping raises SIGBUS on access: map only in a process that may die of it."""
+        end = min(offset + length, self.size)
+        if offset < 0 or offset >= end:
+            yield memoryview(b"")
+            return
+        base = offset - offset % mmap.ALLOCATIONGRANULARITY
+        m = mmap.mmap(self._fd, end - base, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ, offset=base)
+        view = memoryview(m)
+        try:
+            with view[offset - base:] as window:
+                yield window
+        finally:
+            view.release()
+            m.close()
 
     @cached_property
     def data_extents(self) -> tuple[np.ndarray, np.ndarray]:

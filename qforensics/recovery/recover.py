@@ -6,16 +6,24 @@ writes (tests/test_recover_vs_qemu.py). On a damaged one it never stops at
 the first error: every range a structure proves is written, the rest is
 filled from other evidence (recovery/evidence.py) or logged as missing.
 
-Reads are large (up to CHUNK bytes), the output is written with pwrite only
-where the data is not zero, and the host file's holes (SEEK_DATA) are never
-read, so a 1 TiB preallocated image costs what its allocated bytes cost.
+Reads are large (up to CHUNK bytes), the output is written only where the
+data is not zero (4 KiB blocks, as qemu-img convert -S 4k), and the host
+file's holes (SEEK_DATA) are never read, so a 1 TiB preallocated image costs
+what its allocated bytes cost. Long runs of plain data are copied by the
+kernel (copy_file_range) where it can, the threaded preadv/pwrite way where
+it cannot (Writer.copy_runs).
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import signal
+import struct
+import sys
 import threading
+import warnings
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -36,6 +44,14 @@ MAX_PENDING = 1 << 18  # data runs gathered before they are copied (24 bytes eac
 COPY_THREADS = max(1, min(2, os.cpu_count() or 1))  # long runs copied in parallel (qemu-img keeps two cores busy)
 COPY_PIECE = 1 << 20  # bytes read and written at a time by a copying thread (qemu-img convert's request size;
 # larger writes made the kernel's page-cache path erratic here: 0.6 s to 6 s for the same 2 GiB)
+# long runs: the kernel copies them while a forked process tests them for zeros (Writer.copy_runs);
+# the tests turn it off to run the threaded copy on its own
+KERNEL_COPY = sys.platform.startswith("linux") and hasattr(os, "copy_file_range") and hasattr(os, "fork")
+KERNEL_GROUP = 1 << 15  # pieces per tester (32 GiB): the list of pieces stays a few MB
+_SPAN = struct.Struct("<qqq")  # from the tester: piece, start, end of a non-zero span of it; end 0: piece done
+# copy_file_range errors that mean "not here" (the threaded copy takes over), not a failing output
+_NO_KERNEL_COPY = frozenset({errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EBADF, errno.EPERM,
+                             errno.ETXTBSY, errno.EOVERFLOW})
 ZERO_BLOCK = 4096  # granularity of the sparse output (qemu-img convert's default -S 4k)
 _ZEROS = memoryview(bytes(CHUNK))  # sliced without copying
 
@@ -116,6 +132,7 @@ class Writer:
         self._copies: deque = deque()  # pieces in flight, oldest first
         self._pool: ThreadPoolExecutor | None = None
         self._buffers = threading.local()  # one COPY_PIECE buffer per copying thread
+        self._kernel = KERNEL_COPY
 
     def write(self, offset: int, data: bytes | memoryview) -> None:
         n = len(data)
@@ -151,6 +168,84 @@ class Writer:
         starts = np.concatenate(([nz[0]], nz[brk + 1])) * ZERO_BLOCK
         ends = np.minimum(np.concatenate((nz[brk], [nz[-1]])) * ZERO_BLOCK + ZERO_BLOCK, n)
         return list(zip(starts.tolist(), ends.tolist(), strict=True))
+
+    def copy_runs(self, file, runs: list[tuple[int, int, int]]) -> None:
+        """Copy long data runs (host offset, length, guest offset) of ``file``, skipping their zero blocks.
+
+        On Linux the kernel copies the non-zero spans (copy_file_range: the bytes are copied once, where
+        read and write copy them twice) while a forked process finds the spans through a read-only mapping
+        of the file, a piece ahead. The tester is a process, not a thread: unmapping in this process
+        interrupts the core the kernel copies on (TLB shootdowns), which made a thread slower than
+        reading. What the kernel path does not finish (a file system that refuses, a tester that died)
+        is copied the threaded way."""
+        pieces: list[tuple[int, int, int]] = []
+        for host, n, guest in runs:
+            for at in range(0, n, COPY_PIECE):
+                pieces.append((host + at, min(COPY_PIECE, n - at), guest + at))
+                if len(pieces) >= KERNEL_GROUP:
+                    self._copy_pieces(file, pieces)
+                    pieces = []
+        self._copy_pieces(file, pieces)
+
+    def _copy_pieces(self, file, pieces: list[tuple[int, int, int]]) -> None:
+        done = self._kernel_copy(file, pieces) if self._kernel and pieces else 0
+        for host, n, guest in pieces[done:]:
+            self.copy_from(file, host, n, guest)
+
+    def _kernel_copy(self, file, pieces: list[tuple[int, int, int]]) -> int:
+        """How many of ``pieces``, in order, the kernel path copied whole."""
+        self.drain()  # no copying thread is in the middle of a piece when this process forks
+        r, w = os.pipe()
+        try:
+            with warnings.catch_warnings():
+                # Python 3.12+ warns on fork in a process with threads (numpy's BLAS pool, the copying
+                # threads): the tester takes no lock another thread could hold (numpy, mmap, os.write)
+                warnings.simplefilter("ignore", DeprecationWarning)
+                pid = os.fork()
+        except OSError:
+            os.close(r)
+            os.close(w)
+            self._kernel = False
+            return 0
+        if pid == 0:  # the tester; it never returns, and leaves this process's buffers and files alone
+            status = 1
+            try:
+                os.close(r)
+                _zero_test(file, pieces, w, self.nonzero_spans)
+                status = 0
+            finally:
+                os._exit(status)
+        os.close(w)
+        done = 0
+        try:
+            with open(r, "rb") as spans:
+                while done < len(pieces):
+                    rec = spans.read(_SPAN.size)
+                    if len(rec) < _SPAN.size:
+                        break  # the tester died (a signal; SIGBUS if the file was cut under its mapping)
+                    i, lo, hi = _SPAN.unpack(rec)
+                    if not hi:
+                        done = i + 1
+                        continue
+                    host, _, guest = pieces[i]
+                    if not self._copy_range(file, host + lo, hi - lo, guest + lo):
+                        break
+        finally:
+            if done < len(pieces):
+                os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        return done
+
+    def _copy_range(self, file, host: int, length: int, offset: int) -> bool:
+        try:
+            got = file.copy_range(host, length, self.fd, offset)
+        except OSError as exc:
+            if exc.errno not in _NO_KERNEL_COPY:
+                raise  # ENOSPC, EIO: the output fails, as a pwrite would
+            self._kernel = False
+            return False
+        self.written += got
+        return got == length  # short: the file ended early; the threaded way writes what there is
 
     def copy_from(self, file, host: int, length: int, offset: int) -> None:
         """Copy a long data run of ``file``, skipping its zero blocks. Pieces are read, tested and written
@@ -200,6 +295,16 @@ class Writer:
                 self._pool.shutdown(wait=True)
         finally:
             os.close(self.fd)
+
+
+def _zero_test(file, pieces: list[tuple[int, int, int]], fd: int, spans_of) -> None:
+    """The forked tester of Writer.copy_runs: each piece's non-zero spans, then its end, written to ``fd``."""
+    for i, (host, n, _) in enumerate(pieces):
+        with file.mapped(host, n) as view:
+            spans = spans_of(view)
+        out = b"".join(_SPAN.pack(i, lo, hi) for lo, hi in spans) + _SPAN.pack(i, 0, 0)
+        while out:
+            out = out[os.write(fd, out):]
 
 
 def source_label(depth: int, layer, top_label: str, guest: int = 0) -> str:
@@ -302,12 +407,11 @@ def copy_rows(owner, host: np.ndarray, length: np.ndarray, guest: np.ndarray, wr
     n = len(host)
     i = 0
     plain = owner.cipher is None
+    long_runs: list[tuple[int, int, int]] = []  # copied last, together (Writer.copy_runs)
     while i < n:
         lo = int(host[i])
-        if plain and int(length[i]) >= THREADED_COPY:  # large: copied by the copying threads, zero blocks skipped
-            g, m = int(guest[i]), int(length[i])
-            for at in range(0, m, CHUNK):
-                writer.copy_from(file, lo + at, min(CHUNK, m - at), g + at)
+        if plain and int(length[i]) >= THREADED_COPY:
+            long_runs.append((lo, int(length[i]), int(guest[i])))
             i += 1
             continue
         if int(length[i]) > CHUNK:  # one long run, in pieces
@@ -328,6 +432,7 @@ def copy_rows(owner, host: np.ndarray, length: np.ndarray, guest: np.ndarray, wr
         for h, m, g in zip(host[i:j].tolist(), length[i:j].tolist(), guest[i:j].tolist(), strict=True):
             put(g, h, view[h - lo:h - lo + m])
         i = j
+    writer.copy_runs(file, long_runs)
 
 
 def _keep_freed_memory() -> None:
