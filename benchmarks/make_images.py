@@ -57,7 +57,7 @@ RECIPES: dict[str, dict] = {
 def run(cmd: list[str], **kw) -> subprocess.CompletedProcess:
     res = subprocess.run(cmd, check=False, capture_output=True, text=True, **kw)
     if res.returncode != 0:
-        sys.exit(f"make_images: failed ({res.returncode}): {' '.join(cmd)}\n{res.stderr}{res.stdout[-2000:]}")
+        raise RuntimeError(f"failed ({res.returncode}): {' '.join(cmd)}\n{res.stderr}{res.stdout[-2000:]}")
     return res
 
 
@@ -66,16 +66,19 @@ def qemu_img_create(path: Path, size: int, **opts) -> None:
     run(["qemu-img", "create", "-q", "-f", "qcow2", "-o", o, str(path), str(size)])
 
 
-def qemu_io_script(path: Path, lines: list[str], l2_cache: str) -> None:
-    """Feed `lines` to one qemu-io process; every write must report success."""
-    opts = f"driver=qcow2,file.filename={path},l2-cache-size={l2_cache},cache.no-flush=on"
+def qemu_io_script(path: Path, lines: list[str], l2_cache: str = "4M", *, secret: str | None = None,
+                   opts: str = "") -> None:
+    """Feed `lines` to one qemu-io process (with the --object ``secret`` and extra image ``opts``, if
+    any); every write must report success."""
+    cmd = ["qemu-io"] + (["--object", secret] if secret else [])
+    cmd += ["--image-opts", f"driver=qcow2,file.filename={path}{opts},l2-cache-size={l2_cache},cache.no-flush=on"]
     script = "".join(line + "\n" for line in lines)
-    res = subprocess.run(["qemu-io", "--image-opts", opts], input=script, check=False, capture_output=True, text=True)
+    res = subprocess.run(cmd, input=script, check=False, capture_output=True, text=True)
     wrote = len(re.findall(r"wrote (\d+)/\1 bytes", res.stdout))
     expected = sum(1 for line in lines if line.startswith("write "))
     if res.returncode != 0 or wrote != expected or res.stderr.strip():
-        sys.exit(f"make_images: qemu-io on {path}: exit {res.returncode}, {wrote}/{expected} writes reported\n"
-                 f"{res.stderr[-2000:]}")
+        raise RuntimeError(f"qemu-io on {path}: exit {res.returncode}, {wrote}/{expected} writes reported\n"
+                           f"{res.stderr[-2000:]}")
 
 
 def build_prealloc(path: Path, r: dict) -> None:
@@ -132,22 +135,19 @@ def human(n: float) -> str:
     raise AssertionError
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--dir", default="/tmp/qf-bench", help="where the images go (default /tmp/qf-bench)")
-    ap.add_argument("--images", nargs="+", choices=sorted(RECIPES), default=list(RECIPES))
-    ap.add_argument("--force", action="store_true", help="rebuild even when the recorded recipe matches")
-    args = ap.parse_args(argv)
+def build_all(out: Path, names: list[str], recipes: dict[str, dict], builders: dict, force: bool = False,
+              record=lambda recipe: {}) -> None:
+    """Build the named images in ``out``, each under a temporary name renamed when complete, skipping
+    those whose sidecar matches their recipe; ``record(recipe)`` adds fields to the sidecar."""
     for tool in ("qemu-img", "qemu-io"):
         if not shutil.which(tool):
-            sys.exit(f"make_images: {tool} not found (apt-get install qemu-utils)")
-    out = Path(args.dir)
+            raise RuntimeError(f"{tool} not found (apt-get install qemu-utils)")
     if out.resolve().is_relative_to(Path(__file__).resolve().parent.parent):
-        sys.exit(f"make_images: {out} is inside the repository; pick a folder outside it")
+        raise RuntimeError(f"{out} is inside the repository; pick a folder outside it")
     out.mkdir(parents=True, exist_ok=True)
-    for name in args.images:
-        img, recipe = out / name, RECIPES[name]
-        rec = None if args.force else up_to_date(img, recipe)
+    for name in names:
+        img, recipe = out / name, recipes[name]
+        rec = None if force else up_to_date(img, recipe)
         if rec is not None:
             print(f"{name}: up to date (built in {rec['seconds']:.1f} s), {human(rec['file_size'])} apparent, "
                   f"{human(rec['disk_usage'])} on disk")
@@ -157,16 +157,35 @@ def main(argv: list[str] | None = None) -> int:
             stale.unlink(missing_ok=True)
         print(f"{name}: building ...", flush=True)
         t0 = time.perf_counter()
-        BUILDERS[name](tmp, recipe)
+        try:
+            builders[name](tmp, recipe)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
         seconds = time.perf_counter() - t0
         os.replace(tmp, img)
         st = img.stat()
         rec = {"recipe": recipe, "seconds": round(seconds, 2), "file_size": st.st_size,
-               "disk_usage": st.st_blocks * 512, "built": time.strftime("%Y-%m-%d %H:%M:%S"),
+               "disk_usage": st.st_blocks * 512, **record(recipe), "built": time.strftime("%Y-%m-%d %H:%M:%S"),
                "qemu_img": run(["qemu-img", "--version"]).stdout.splitlines()[0]}
         recipe_path(img).write_text(json.dumps(rec, indent=2) + "\n")
         print(f"{name}: built in {seconds:.1f} s, {human(st.st_size)} apparent, {human(rec['disk_usage'])} on disk",
               flush=True)
+
+
+def main(argv: list[str] | None = None, recipes: dict[str, dict] = RECIPES, builders: dict = BUILDERS,
+         record=lambda recipe: {}) -> int:
+    """The command line of this script and of make_recover_images.py (their own recipes and builders)."""
+    prog = Path(sys.argv[0]).stem
+    ap = argparse.ArgumentParser(prog=prog, description=(sys.modules["__main__"].__doc__ or "").split("\n\n")[0])
+    ap.add_argument("--dir", default="/tmp/qf-bench", help="where the images go (default /tmp/qf-bench)")
+    ap.add_argument("--images", nargs="+", choices=sorted(recipes), default=list(recipes))
+    ap.add_argument("--force", action="store_true", help="rebuild even when the recorded recipe matches")
+    args = ap.parse_args(argv)
+    try:
+        build_all(Path(args.dir), args.images, recipes, builders, args.force, record)
+    except RuntimeError as exc:
+        sys.exit(f"{prog}: {exc}")
     return 0
 
 

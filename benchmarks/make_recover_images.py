@@ -33,19 +33,13 @@ stdin, without flushes (cache.no-flush=on), as make_images.py does.
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
-import re
-import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
 
+import make_images  # the same sidecar-recipe scheme and build loop
 import numpy as np
-
-from make_images import human, recipe_path, up_to_date  # the same sidecar-recipe scheme
+from make_images import run
 
 KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
 PASSPHRASE = "pw"
@@ -75,29 +69,10 @@ def guest_data_bytes(recipe: dict) -> int:
     return recipe["size"] // recipe["stride"] * recipe["write"]
 
 
-def run(cmd: list[str], **kw) -> subprocess.CompletedProcess:
-    res = subprocess.run(cmd, check=False, capture_output=True, text=True, **kw)
-    if res.returncode != 0:
-        raise RuntimeError(f"failed ({res.returncode}): {' '.join(cmd)}\n{res.stderr}{res.stdout[-2000:]}")
-    return res
-
-
-def image_opts(path: Path, encrypted: bool, extra: str = "") -> str:
-    """--image-opts string for a qcow2 image (with the secret's id when encrypted)."""
-    return f"driver=qcow2,file.filename={path}" + (",encrypt.key-secret=sec0" if encrypted else "") + extra
-
-
 def qemu_io_script(path: Path, lines: list[str], encrypted: bool, l2_cache: str = "4M") -> None:
-    """Feed ``lines`` to one qemu-io process; every write must report success."""
-    cmd = ["qemu-io"] + (["--object", SECRET] if encrypted else [])
-    cmd += ["--image-opts", image_opts(path, encrypted, f",l2-cache-size={l2_cache},cache.no-flush=on")]
-    script = "".join(line + "\n" for line in lines)
-    res = subprocess.run(cmd, input=script, check=False, capture_output=True, text=True)
-    wrote = len(re.findall(r"wrote (\d+)/\1 bytes", res.stdout))
-    expected = sum(1 for line in lines if line.startswith("write "))
-    if res.returncode != 0 or wrote != expected or res.stderr.strip():
-        raise RuntimeError(f"qemu-io on {path}: exit {res.returncode}, {wrote}/{expected} writes reported\n"
-                           f"{res.stderr[-2000:]}")
+    """Feed ``lines`` to one qemu-io process (with the secret when ``encrypted``)."""
+    make_images.qemu_io_script(path, lines, l2_cache, secret=SECRET if encrypted else None,
+                               opts=",encrypt.key-secret=sec0" if encrypted else "")
 
 
 def write_lines(r: dict) -> list[str]:
@@ -158,52 +133,11 @@ BUILDERS = {"std_4g.qcow2": build_std, "zstd_1g.qcow2": build_zstd, "aes_1g.qcow
 
 def build(out: Path, names: list[str], force: bool = False) -> None:
     """Build the named images in ``out`` (skipping those whose sidecar matches)."""
-    for tool in ("qemu-img", "qemu-io"):
-        if not shutil.which(tool):
-            raise RuntimeError(f"{tool} not found (apt-get install qemu-utils)")
-    if out.resolve().is_relative_to(Path(__file__).resolve().parent.parent):
-        raise RuntimeError(f"{out} is inside the repository; pick a folder outside it")
-    out.mkdir(parents=True, exist_ok=True)
-    for name in names:
-        img, recipe = out / name, RECIPES[name]
-        rec = None if force else up_to_date(img, recipe)
-        if rec is not None:
-            print(f"{name}: up to date (built in {rec['seconds']:.1f} s), {human(rec['file_size'])} apparent, "
-                  f"{human(rec['disk_usage'])} on disk")
-            continue
-        tmp = out / f".{name}.building"
-        for stale in (tmp, img, recipe_path(img)):
-            stale.unlink(missing_ok=True)
-        print(f"{name}: building ...", flush=True)
-        t0 = time.perf_counter()
-        try:
-            BUILDERS[name](tmp, recipe)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        seconds = time.perf_counter() - t0
-        os.replace(tmp, img)
-        st = img.stat()
-        rec = {"recipe": recipe, "seconds": round(seconds, 2), "file_size": st.st_size,
-               "disk_usage": st.st_blocks * 512, "guest_data": guest_data_bytes(recipe),
-               "built": time.strftime("%Y-%m-%d %H:%M:%S"),
-               "qemu_img": run(["qemu-img", "--version"]).stdout.splitlines()[0]}
-        recipe_path(img).write_text(json.dumps(rec, indent=2) + "\n")
-        print(f"{name}: built in {seconds:.1f} s, {human(st.st_size)} apparent, {human(rec['disk_usage'])} on disk",
-              flush=True)
+    make_images.build_all(out, names, RECIPES, BUILDERS, force, lambda recipe: {"guest_data": guest_data_bytes(recipe)})
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--dir", default="/tmp/qf-bench", help="where the images go (default /tmp/qf-bench)")
-    ap.add_argument("--images", nargs="+", choices=sorted(RECIPES), default=list(RECIPES))
-    ap.add_argument("--force", action="store_true", help="rebuild even when the recorded recipe matches")
-    args = ap.parse_args(argv)
-    try:
-        build(Path(args.dir), args.images, args.force)
-    except RuntimeError as exc:
-        sys.exit(f"make_recover_images: {exc}")
-    return 0
+    return make_images.main(argv, RECIPES, BUILDERS, lambda recipe: {"guest_data": guest_data_bytes(recipe)})
 
 
 if __name__ == "__main__":
