@@ -137,3 +137,89 @@ def test_mapped_view_is_clipped_and_read_only(image):
             assert bytes(view) == f.read(12345, 7)
     finally:
         f.close()
+
+
+SECRET = "secret,id=sec0,data=pw"
+
+
+@pytest.fixture(scope="module", params=["aes", "luks"])
+def encrypted(request, tmp_path_factory) -> tuple[Path, Path]:
+    """An encrypted 8 MiB image (legacy AES or LUKS, passphrase "pw") with long runs holding zero blocks,
+    and qemu-img convert's raw output of it."""
+    fmt = request.param
+    d = tmp_path_factory.mktemp(f"enc_{fmt}")
+    img = d / "e.qcow2"
+    opts = f"encrypt.format={fmt},encrypt.key-secret=sec0" + (",encrypt.iter-time=10" if fmt == "luks" else "")
+    for _ in range(5):  # LUKS: "Unable to get accurate CPU usage" now and then
+        res = qemu_img("create", "-q", "-f", "qcow2", "--object", SECRET, "-o", opts, str(img), "8M")
+        if res.returncode == 0:
+            break
+    assert res.returncode == 0, res.stderr
+    script = ["write -P 0x5a 0 3M", "write -P 0 1M 8K", "write -P 0 2044K 4K", "write -P 0x11 5M 512K",
+              "write -P 0 7M 1M"]
+    image_opts = f"driver=qcow2,file.filename={img},encrypt.key-secret=sec0"
+    subprocess.run(["qemu-io", "--object", SECRET, "--image-opts", image_opts,
+                    *sum((["-c", c] for c in script), [])], check=True, stdout=subprocess.DEVNULL)
+    ref = d / "qemu.raw"
+    res = qemu_img("convert", "--object", SECRET, "--image-opts", image_opts, "-O", "raw", str(ref))
+    assert res.returncode == 0, res.stderr
+    return img, ref
+
+
+def recover_encrypted(encrypted, tmp_path: Path) -> None:
+    img, ref = encrypted
+    out = tmp_path / "out.raw"
+    result = recover_image(str(img), out, passphrase=b"pw")
+    assert result.recovery.complete
+    assert sha256(out) == sha256(ref)
+    assert os.stat(out).st_blocks <= os.stat(ref).st_blocks
+
+
+def test_encrypted_long_runs_are_shared_with_a_forked_process(encrypted, tmp_path, monkeypatch):
+    forks = []
+    real = rec.Writer._fork
+
+    def counted(self, job):
+        forks.append(job)
+        return real(self, job)
+
+    monkeypatch.setattr(rec.Writer, "_fork", counted)
+    recover_encrypted(encrypted, tmp_path)
+    if rec.KERNEL_COPY:
+        assert forks, "no process shared the decryption"
+
+
+def test_encrypted_long_runs_without_fork(encrypted, tmp_path, monkeypatch):
+    monkeypatch.setattr(rec, "KERNEL_COPY", False)
+    monkeypatch.setattr(rec.Writer, "_fork", lambda *a: pytest.fail("forked"))
+    recover_encrypted(encrypted, tmp_path)
+
+
+@pytest.mark.skipif(not rec.KERNEL_COPY, reason="no fork here")
+@pytest.mark.parametrize("after", [0, 1])
+def test_decrypting_process_that_dies_hands_over(encrypted, tmp_path, monkeypatch, after):
+    """The other process killed after ``after`` of its pieces: this one does the rest."""
+    real = rec._decrypt_pieces
+
+    def dying(writer, file, pieces, indices, decrypt, fd):
+        real(writer, file, pieces, indices[:after], decrypt, fd)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    monkeypatch.setattr(rec, "_decrypt_pieces", dying)
+    recover_encrypted(encrypted, tmp_path)
+
+
+@pytest.mark.skipif(not rec.KERNEL_COPY, reason="no fork here")
+def test_output_error_in_the_decrypting_process_is_an_error(encrypted, tmp_path, monkeypatch):
+    real = rec.Writer._pwrite_all
+    parent = os.getpid()
+
+    def full_in_child(self, offset, view):
+        if os.getpid() != parent:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(self, offset, view)
+
+    monkeypatch.setattr(rec.Writer, "_pwrite_all", full_in_child)
+    with pytest.raises(OSError) as exc:
+        recover_encrypted(encrypted, tmp_path)
+    assert exc.value.errno == errno.ENOSPC

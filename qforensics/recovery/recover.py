@@ -48,6 +48,7 @@ COPY_PIECE = 1 << 20  # bytes read and written at a time by a copying thread (qe
 # the tests turn it off to run the threaded copy on its own
 KERNEL_COPY = sys.platform.startswith("linux") and hasattr(os, "copy_file_range") and hasattr(os, "fork")
 KERNEL_GROUP = 1 << 15  # pieces per tester (32 GiB): the list of pieces stays a few MB
+_DONE = struct.Struct("<qq")  # from the decrypting child: piece index done, or -1 and an errno
 _SPAN = struct.Struct("<qqq")  # from the tester: piece, start, end of a non-zero span of it; end 0: piece done
 # copy_file_range errors that mean "not here" (the threaded copy takes over), not a failing output
 _NO_KERNEL_COPY = frozenset({errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EBADF, errno.EPERM,
@@ -169,8 +170,9 @@ class Writer:
         ends = np.minimum(np.concatenate((nz[brk], [nz[-1]])) * ZERO_BLOCK + ZERO_BLOCK, n)
         return list(zip(starts.tolist(), ends.tolist(), strict=True))
 
-    def copy_runs(self, file, runs: list[tuple[int, int, int]]) -> None:
-        """Copy long data runs (host offset, length, guest offset) of ``file``, skipping their zero blocks.
+    def copy_runs(self, file, runs: list[tuple[int, int, int]], decrypt: Callable | None = None) -> None:
+        """Copy long data runs (host offset, length, guest offset) of ``file``, skipping their zero blocks;
+        ``decrypt(guest, host, data)`` gives the plaintext of an encrypted image's (Writer.shared_copy).
 
         On Linux the kernel copies the non-zero spans (copy_file_range: the bytes are copied once, where
         read and write copy them twice) while a forked process finds the spans through a read-only mapping
@@ -183,39 +185,51 @@ class Writer:
             for at in range(0, n, COPY_PIECE):
                 pieces.append((host + at, min(COPY_PIECE, n - at), guest + at))
                 if len(pieces) >= KERNEL_GROUP:
-                    self._copy_pieces(file, pieces)
+                    self._copy_pieces(file, pieces, decrypt)
                     pieces = []
-        self._copy_pieces(file, pieces)
+        self._copy_pieces(file, pieces, decrypt)
 
-    def _copy_pieces(self, file, pieces: list[tuple[int, int, int]]) -> None:
+    def _copy_pieces(self, file, pieces: list[tuple[int, int, int]], decrypt: Callable | None) -> None:
+        if decrypt is not None:
+            self.shared_copy(file, pieces, decrypt)
+            return
         done = self._kernel_copy(file, pieces) if self._kernel and pieces else 0
         for host, n, guest in pieces[done:]:
             self.copy_from(file, host, n, guest)
 
-    def _kernel_copy(self, file, pieces: list[tuple[int, int, int]]) -> int:
-        """How many of ``pieces``, in order, the kernel path copied whole."""
+    def _fork(self, job: Callable[[int], None]) -> tuple[int, int] | None:
+        """A forked process running ``job(write_fd)``, and the read end of its pipe; None where fork fails."""
         self.drain()  # no copying thread is in the middle of a piece when this process forks
         r, w = os.pipe()
         try:
             with warnings.catch_warnings():
                 # Python 3.12+ warns on fork in a process with threads (numpy's BLAS pool, the copying
-                # threads): the tester takes no lock another thread could hold (numpy, mmap, os.write)
+                # threads): the child takes no lock another thread could hold (numpy, mmap, os.read/write,
+                # the sector ciphers)
                 warnings.simplefilter("ignore", DeprecationWarning)
                 pid = os.fork()
         except OSError:
             os.close(r)
             os.close(w)
-            self._kernel = False
-            return 0
-        if pid == 0:  # the tester; it never returns, and leaves this process's buffers and files alone
+            return None
+        if pid == 0:  # the child never returns, and leaves this process's buffers and files alone
             status = 1
             try:
                 os.close(r)
-                _zero_test(file, pieces, w, self.nonzero_spans)
+                job(w)
                 status = 0
             finally:
                 os._exit(status)
         os.close(w)
+        return pid, r
+
+    def _kernel_copy(self, file, pieces: list[tuple[int, int, int]]) -> int:
+        """How many of ``pieces``, in order, the kernel path copied whole."""
+        child = self._fork(lambda w: _zero_test(file, pieces, w, self.nonzero_spans))
+        if child is None:
+            self._kernel = False
+            return 0
+        pid, r = child
         done = 0
         try:
             with open(r, "rb") as spans:
@@ -235,6 +249,55 @@ class Writer:
                 os.kill(pid, signal.SIGKILL)
             os.waitpid(pid, 0)
         return done
+
+    def shared_copy(self, file, pieces: list[tuple[int, int, int]], decrypt: Callable) -> None:
+        """Encrypted pieces: this process and a forked one each read, decrypt, test and write every other
+        piece. Processes, since the sector ciphers hold the GIL (two threads decrypted slower than one);
+        pieces the other process did not report done (it died) are done here."""
+        buf = memoryview(bytearray(COPY_PIECE))
+        theirs = range(1, len(pieces), 2)
+        child = self._fork(lambda w: _decrypt_pieces(self, file, pieces, theirs, decrypt, w)) \
+            if len(pieces) > 1 and KERNEL_COPY else None
+        if child is None:
+            for piece in pieces:
+                self.written += self._decrypt_piece(file, piece, decrypt, buf)
+            return
+        pid, r = child
+        reported: set[int] = set()
+        error = 0
+        finished = False
+        try:
+            for i in range(0, len(pieces), 2):
+                self.written += self._decrypt_piece(file, pieces[i], decrypt, buf)
+            with open(r, "rb") as news:
+                r = -1
+                while len(rec := news.read(_DONE.size)) == _DONE.size:
+                    index, code = _DONE.unpack(rec)
+                    if index < 0:
+                        error = code
+                    else:
+                        reported.add(index)
+            finished = True
+        finally:
+            if r >= 0:
+                os.close(r)
+            if not finished:  # an error or an interrupt here: the other half is not wanted any more
+                os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        if error:
+            raise OSError(error, os.strerror(error))  # the output failed in the other process (ENOSPC, EIO)
+        for i in theirs:
+            if i not in reported:
+                self.written += self._decrypt_piece(file, pieces[i], decrypt, buf)
+
+    def _decrypt_piece(self, file, piece: tuple[int, int, int], decrypt: Callable, buf: memoryview) -> int:
+        host, n, guest = piece
+        got = file.read_into(host, buf[:n])
+        got -= got % 512  # whole sectors only (a file cut under us)
+        if not got:
+            return 0
+        plain = memoryview(decrypt(guest, host, buf[:got]))
+        return sum(self._pwrite_all(guest + lo, plain[lo:hi]) for lo, hi in self.nonzero_spans(plain))
 
     def _copy_range(self, file, host: int, length: int, offset: int) -> bool:
         try:
@@ -305,6 +368,20 @@ def _zero_test(file, pieces: list[tuple[int, int, int]], fd: int, spans_of) -> N
         out = b"".join(_SPAN.pack(i, lo, hi) for lo, hi in spans) + _SPAN.pack(i, 0, 0)
         while out:
             out = out[os.write(fd, out):]
+
+
+def _decrypt_pieces(writer: Writer, file, pieces: list[tuple[int, int, int]], indices, decrypt: Callable,
+                    fd: int) -> None:
+    """The forked half of Writer.shared_copy: each piece of ``indices`` done, reported by its index; an
+    output error reported as (-1, errno) ends it."""
+    buf = memoryview(bytearray(COPY_PIECE))
+    for i in indices:
+        try:
+            writer._decrypt_piece(file, pieces[i], decrypt, buf)
+        except OSError as exc:
+            os.write(fd, _DONE.pack(-1, exc.errno or 5))
+            return
+        os.write(fd, _DONE.pack(i, 0))
 
 
 def source_label(depth: int, layer, top_label: str, guest: int = 0) -> str:
@@ -410,7 +487,7 @@ def copy_rows(owner, host: np.ndarray, length: np.ndarray, guest: np.ndarray, wr
     long_runs: list[tuple[int, int, int]] = []  # copied last, together (Writer.copy_runs)
     while i < n:
         lo = int(host[i])
-        if plain and int(length[i]) >= THREADED_COPY:
+        if int(length[i]) >= THREADED_COPY:
             long_runs.append((lo, int(length[i]), int(guest[i])))
             i += 1
             continue
@@ -432,7 +509,7 @@ def copy_rows(owner, host: np.ndarray, length: np.ndarray, guest: np.ndarray, wr
         for h, m, g in zip(host[i:j].tolist(), length[i:j].tolist(), guest[i:j].tolist(), strict=True):
             put(g, h, view[h - lo:h - lo + m])
         i = j
-    writer.copy_runs(file, long_runs)
+    writer.copy_runs(file, long_runs, None if plain else owner.decrypt)
 
 
 def _keep_freed_memory() -> None:
