@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from ..errors import QforensicsError, UsageError
 
 SECTOR_SIZE = 512
-CHUNK = 64 << 10  # bytes per numpy pass: temporaries stay in cache and XTS tweaks take the closed form
+CHUNK = 1 << 20  # bytes per numpy pass: fewer, larger passes (64 KiB ones cost 1.5 ms/MiB of aes-cbc, 1 MiB 0.44)
 
 
 class WrongPassphrase(QforensicsError):
