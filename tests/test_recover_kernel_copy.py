@@ -12,9 +12,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from conftest import qemu_img
 
 import qforensics.recovery.recover as rec
-from conftest import qemu_img
 from qforensics.layers.file import FileLayer
 from qforensics.recovery.evidence import recover_image
 from qforensics.report import sha256_file as sha256
@@ -38,7 +38,7 @@ def image(tmp_path_factory) -> tuple[Path, Path]:
               "write -P 0 5M 8",  # a block whose first word is zero, the rest data
               "write -P 0x22 8M 2M",
               "write -P 0x33 12M 320K"]  # a run just over the threaded-copy threshold
-    subprocess.run(["qemu-io", "-f", "qcow2", *sum((["-c", c] for c in script), []), str(img)], check=True,
+    subprocess.run(["qemu-io", "-f", "qcow2", *[x for c in script for x in ("-c", c)], str(img)], check=True,
                    stdout=subprocess.DEVNULL)
     ref = d / "qemu.raw"
     assert qemu_img("convert", "-O", "raw", str(img), str(ref)).returncode == 0
@@ -159,7 +159,7 @@ def encrypted(request, tmp_path_factory) -> tuple[Path, Path]:
               "write -P 0 7M 1M"]
     image_opts = f"driver=qcow2,file.filename={img},encrypt.key-secret=sec0"
     subprocess.run(["qemu-io", "--object", SECRET, "--image-opts", image_opts,
-                    *sum((["-c", c] for c in script), [])], check=True, stdout=subprocess.DEVNULL)
+                    *[x for c in script for x in ("-c", c)]], check=True, stdout=subprocess.DEVNULL)
     ref = d / "qemu.raw"
     res = qemu_img("convert", "--object", SECRET, "--image-opts", image_opts, "-O", "raw", str(ref))
     assert res.returncode == 0, res.stderr
@@ -195,17 +195,22 @@ def test_encrypted_long_runs_without_fork(encrypted, tmp_path, monkeypatch):
     recover_encrypted(encrypted, tmp_path)
 
 
+def dying_share(after: int):
+    """Writer.share's forked half, killed after ``after`` of its indices."""
+    real = rec._share_odd
+
+    def dying(count, work, fd):
+        real(min(count, 2 * after), work, fd)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    return dying
+
+
 @pytest.mark.skipif(not rec.KERNEL_COPY, reason="no fork here")
 @pytest.mark.parametrize("after", [0, 1])
 def test_decrypting_process_that_dies_hands_over(encrypted, tmp_path, monkeypatch, after):
     """The other process killed after ``after`` of its pieces: this one does the rest."""
-    real = rec._decrypt_pieces
-
-    def dying(writer, file, pieces, indices, decrypt, fd):
-        real(writer, file, pieces, indices[:after], decrypt, fd)
-        os.kill(os.getpid(), signal.SIGKILL)
-
-    monkeypatch.setattr(rec, "_decrypt_pieces", dying)
+    monkeypatch.setattr(rec, "_share_odd", dying_share(after))
     recover_encrypted(encrypted, tmp_path)
 
 
@@ -223,3 +228,52 @@ def test_output_error_in_the_decrypting_process_is_an_error(encrypted, tmp_path,
     with pytest.raises(OSError) as exc:
         recover_encrypted(encrypted, tmp_path)
     assert exc.value.errno == errno.ENOSPC
+
+
+@pytest.fixture(scope="module", params=["zlib", "zstd"])
+def compressed(request, tmp_path_factory) -> tuple[Path, Path]:
+    """A compressed image with over SHARED_INFLATE clusters (qemu-img convert -c of a raw file holding
+    text-like data, a zero MiB and random clusters that stay uncompressed), and qemu's raw output of it."""
+    import random
+
+    d = tmp_path_factory.mktemp(f"comp_{request.param}")
+    raw = d / "src.raw"
+    rnd = random.Random(7)
+    with open(raw, "wb") as f:
+        f.truncate(32 * MiB)
+        for mib in range(24):
+            f.seek(mib * MiB)
+            if mib == 5:
+                f.write(bytes(MiB))
+            elif mib % 7 == 3:
+                f.write(rnd.randbytes(MiB))
+            else:
+                f.write(bytes(rnd.choice(b"etaoin shrdlu\n") for _ in range(4096)) * 256)
+    img = d / "c.qcow2"
+    res = qemu_img("convert", "-q", "-c", "-f", "raw", "-O", "qcow2", "-o",
+                   f"cluster_size=65536,compression_type={request.param}", str(raw), str(img))
+    assert res.returncode == 0, res.stderr
+    ref = d / "qemu.raw"
+    assert qemu_img("convert", "-O", "raw", str(img), str(ref)).returncode == 0
+    return img, ref
+
+
+@pytest.mark.parametrize("how", ["shared", "alone", "dies"])
+def test_compressed_clusters_shared_with_a_forked_process(compressed, tmp_path, monkeypatch, how):
+    shares = []
+    real = rec.Writer.share
+
+    def counted(self, count, work):
+        shares.append(count)
+        return real(self, count, work)
+
+    monkeypatch.setattr(rec.Writer, "share", counted)
+    if how == "alone":
+        monkeypatch.setattr(rec, "KERNEL_COPY", False)
+        monkeypatch.setattr(rec.Writer, "_fork", lambda *a: pytest.fail("forked"))
+    elif how == "dies":
+        if not rec.KERNEL_COPY:
+            pytest.skip("no fork here")
+        monkeypatch.setattr(rec, "_share_odd", dying_share(3))
+    recover_and_compare(compressed, tmp_path)
+    assert shares and max(shares) >= rec.SHARED_INFLATE

@@ -48,7 +48,8 @@ COPY_PIECE = 1 << 20  # bytes read and written at a time by a copying thread (qe
 # the tests turn it off to run the threaded copy on its own
 KERNEL_COPY = sys.platform.startswith("linux") and hasattr(os, "copy_file_range") and hasattr(os, "fork")
 KERNEL_GROUP = 1 << 15  # pieces per tester (32 GiB): the list of pieces stays a few MB
-_DONE = struct.Struct("<qq")  # from the decrypting child: piece index done, or -1 and an errno
+_DONE = struct.Struct("<qq")  # from the sharing child: index done, or -1 and an errno
+SHARED_INFLATE = 256  # compressed clusters in one batch worth a forked process
 _SPAN = struct.Struct("<qqq")  # from the tester: piece, start, end of a non-zero span of it; end 0: piece done
 # copy_file_range errors that mean "not here" (the threaded copy takes over), not a failing output
 _NO_KERNEL_COPY = frozenset({errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EBADF, errno.EPERM,
@@ -250,33 +251,28 @@ class Writer:
             os.waitpid(pid, 0)
         return done
 
-    def shared_copy(self, file, pieces: list[tuple[int, int, int]], decrypt: Callable) -> None:
-        """Encrypted pieces: this process and a forked one each read, decrypt, test and write every other
-        piece. Processes, since the sector ciphers hold the GIL (two threads decrypted slower than one);
-        pieces the other process did not report done (it died) are done here."""
-        buf = memoryview(bytearray(COPY_PIECE))
-        theirs = range(1, len(pieces), 2)
-        child = self._fork(lambda w: _decrypt_pieces(self, file, pieces, theirs, decrypt, w)) \
-            if len(pieces) > 1 and KERNEL_COPY else None
+    def share(self, count: int, work: Callable[[int], bool]) -> set[int]:
+        """The indices i < count whose ``work(i)`` returned True: this process does the even ones, a forked
+        one the odd ones, in parallel (for CPU-bound work that holds the GIL: sector ciphers, inflation).
+        What the other process did not report (it died, or its work returned False) is missing from the
+        set; an output error there (ENOSPC, EIO) is raised here."""
+        child = self._fork(lambda w: _share_odd(count, work, w)) if count > 1 and KERNEL_COPY else None
         if child is None:
-            for piece in pieces:
-                self.written += self._decrypt_piece(file, piece, decrypt, buf)
-            return
+            return {i for i in range(count) if work(i)}
         pid, r = child
-        reported: set[int] = set()
+        done: set[int] = set()
         error = 0
         finished = False
         try:
-            for i in range(0, len(pieces), 2):
-                self.written += self._decrypt_piece(file, pieces[i], decrypt, buf)
+            done.update(i for i in range(0, count, 2) if work(i))
             with open(r, "rb") as news:
                 r = -1
                 while len(rec := news.read(_DONE.size)) == _DONE.size:
                     index, code = _DONE.unpack(rec)
                     if index < 0:
                         error = code
-                    else:
-                        reported.add(index)
+                    elif index % 2 and index < count:
+                        done.add(index)
             finished = True
         finally:
             if r >= 0:
@@ -285,10 +281,23 @@ class Writer:
                 os.kill(pid, signal.SIGKILL)
             os.waitpid(pid, 0)
         if error:
-            raise OSError(error, os.strerror(error))  # the output failed in the other process (ENOSPC, EIO)
-        for i in theirs:
-            if i not in reported:
-                self.written += self._decrypt_piece(file, pieces[i], decrypt, buf)
+            raise OSError(error, os.strerror(error))
+        return done
+
+    def shared_copy(self, file, pieces: list[tuple[int, int, int]], decrypt: Callable) -> None:
+        """Encrypted pieces, read, decrypted, tested and written by two processes (Writer.share: the sector
+        ciphers hold the GIL, and two threads decrypted slower than one); what the other did not report is
+        done here."""
+        buf = memoryview(bytearray(COPY_PIECE))
+
+        def work(i: int) -> bool:
+            self.written += self._decrypt_piece(file, pieces[i], decrypt, buf)
+            return True
+
+        done = self.share(len(pieces), work)
+        for i in range(len(pieces)):
+            if i not in done:
+                work(i)
 
     def _decrypt_piece(self, file, piece: tuple[int, int, int], decrypt: Callable, buf: memoryview) -> int:
         host, n, guest = piece
@@ -370,18 +379,37 @@ def _zero_test(file, pieces: list[tuple[int, int, int]], fd: int, spans_of) -> N
             out = out[os.write(fd, out):]
 
 
-def _decrypt_pieces(writer: Writer, file, pieces: list[tuple[int, int, int]], indices, decrypt: Callable,
-                    fd: int) -> None:
-    """The forked half of Writer.shared_copy: each piece of ``indices`` done, reported by its index; an
-    output error reported as (-1, errno) ends it."""
-    buf = memoryview(bytearray(COPY_PIECE))
-    for i in indices:
+def _share_odd(count: int, work: Callable[[int], bool], fd: int) -> None:
+    """The forked half of Writer.share: the odd indices, each reported when its work succeeded; an output
+    error is reported as (-1, errno) and ends it."""
+    for i in range(1, count, 2):
         try:
-            writer._decrypt_piece(file, pieces[i], decrypt, buf)
+            ok = work(i)
         except OSError as exc:
-            os.write(fd, _DONE.pack(-1, exc.errno or 5))
+            os.write(fd, _DONE.pack(-1, exc.errno or errno.EIO))
             return
-        os.write(fd, _DONE.pack(i, 0))
+        if ok:
+            os.write(fd, _DONE.pack(i, 0))
+
+
+def shared_inflate(owner, batch: Runs, writer: Writer) -> set[int]:
+    """Rows of ``batch``'s compressed clusters inflated and written by two processes (Writer.share), when
+    there are enough to be worth a fork; the others (a stream that does not inflate, a process that died)
+    are left to copy_compressed."""
+    rows = np.flatnonzero(batch.kind == Kind.COMPRESSED)
+    if len(rows) < SHARED_INFLATE:
+        return set()
+    starts, lengths, entries = batch.start[rows].tolist(), batch.length[rows].tolist(), batch.entry[rows].tolist()
+
+    def work(k: int) -> bool:
+        data, _, _ = owner.compressed_cluster(entries[k])
+        if data is None:
+            return False
+        at = starts[k] % owner.cs
+        writer.write(starts[k], data[at:at + lengths[k]])
+        return True
+
+    return {int(rows[k]) for k in writer.share(len(rows), work)}
 
 
 def source_label(depth: int, layer, top_label: str, guest: int = 0) -> str:
@@ -544,6 +572,7 @@ def recover(layer, out: Path, *, log_path: Path | None = None, top_label: str = 
                     pending.add(owner, batch, fast)
                 is_fast = np.zeros(len(batch), dtype=bool)
                 is_fast[fast] = True
+                inflated = shared_inflate(owner, batch, writer)
                 for i, ext in enumerate(batch.rows()):
                     label = source_label(depth, owner, top_label, ext.start)
                     if is_fast[i]:
@@ -556,7 +585,10 @@ def recover(layer, out: Path, *, log_path: Path | None = None, top_label: str = 
                     elif ext.kind in (Kind.NORMAL, Kind.RAW_DATA):
                         copy_normal(owner, ext, writer, rec, log, label)
                     elif ext.kind == Kind.COMPRESSED:
-                        copy_compressed(owner, ext, writer, rec, log, label, fallback)
+                        if i in inflated:
+                            _found(ext.start, ext.length, label, rec, log)
+                        else:
+                            copy_compressed(owner, ext, writer, rec, log, label, fallback)
                 if len(batch):
                     bar.update(int(batch.start[-1] + batch.length[-1]))
             pending.flush()
