@@ -10,6 +10,7 @@ from corruptions import KINDS, make
 from qforensics import open_image
 from qforensics.checks import check_image
 from test_header_refusals import POKES, poked_copy
+from test_luks_refusals import LUKS_POKES, POINTER_LENGTHS, TRUNCATED, luks_copy
 
 SOURCES = [*(ROOT / "qforensics" / "checks").glob("*.py"), *(ROOT / "qforensics" / "model").glob("*.py"),
            ROOT / "qforensics" / "layout.py"]
@@ -49,5 +50,9 @@ def test_every_code_is_tripped(corpus, tmp_path):
         folder = tmp_path / f"p{n}"
         folder.mkdir()
         seen |= codes_of(poked_copy(corpus, folder, poke))
+    for name in [*LUKS_POKES, *TRUNCATED, *POINTER_LENGTHS]:  # each rule qemu applies to the LUKS header
+        folder = tmp_path / f"luks_{name}"
+        folder.mkdir()
+        seen |= codes_of(luks_copy(corpus, folder, name))
     missing = emitted_codes() - seen - set(NOT_YET)
     assert not missing, " ".join(sorted(missing))

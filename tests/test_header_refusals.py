@@ -145,7 +145,7 @@ POKES = [
     Poke("bitmap_table_entry_reserved", "bitmaps", "bitmap.table_invalid", "bitmap table",
          lambda d: [(struct.unpack_from(">Q", d, bitmap_dir(d))[0],
                      be("Q", struct.unpack_from(">Q", d, struct.unpack_from(">Q", d, bitmap_dir(d))[0])[0] | 2))]),
-    Poke("luks_magic", "encrypted_luks", "luks.header_invalid", "LUKS header",
+    Poke("luks_magic", "encrypted_luks", "luks.magic_invalid", "LUKS header",
          lambda d: [(struct.unpack_from(">Q", d, find_extension(d, 0x0537BE77) + 8)[0], b"XXXX")]),
     Poke("bitmap_duplicate_name", "bitmaps", "bitmap.duplicate_name", "bitmap directory",
          lambda d: [(bitmap_dir(d) + 24 + 32, d[bitmap_dir(d) + 24:bitmap_dir(d) + 26])]),

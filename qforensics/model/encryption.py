@@ -134,50 +134,52 @@ def _int32(v: int) -> int:
     return v - (1 << 32) if v >> 31 else v
 
 
-def check_luks_header(h: LuksHeader, k: Luks1Header) -> list[tuple[int, str, str]]:
-    """Every rule of qcrypto_block_luks_check_header the header breaks, in qemu's order, as (host offset,
-    our words, qemu's message); qemu stops at the first. Sums are 32-bit as in qemu (unsigned int)."""
-    out: list[tuple[int, str, str]] = []
+def check_luks_header(h: LuksHeader, k: Luks1Header) -> list[tuple[str, int, str, str]]:
+    """Every rule of qcrypto_block_luks_check_header the header breaks, in qemu's order, as (finding code,
+    host offset, our words, qemu's message); qemu stops at the first. Sums are 32-bit as in qemu."""
+    out: list[tuple[str, int, str, str]] = []
 
-    def broken(host: int, qemu: str, ours: str) -> None:
-        out.append((host, ours, qemu))
+    def broken(code: str, host: int, qemu: str, ours: str) -> None:
+        out.append((code, host, ours, qemu))
 
     at = h.offset
     for field, pos, what in (("cipher_name", 8, "cipher name"), ("cipher_mode", 40, "cipher mode"),
                              ("hash_spec", 72, "hash spec")):
         if b"\0" not in getattr(k, field):
-            broken(at + pos, f"LUKS header {what} is not NUL terminated",
+            broken("luks.name_unterminated", at + pos, f"LUKS header {what} is not NUL terminated",
                    f"{field} fills its 32 bytes with no NUL terminator")
     if h.payload_offset < HEADER_SECTORS:
-        broken(at + 104, "LUKS payload is overlapping with the header",
+        broken("luks.payload_in_header", at + 104, "LUKS payload is overlapping with the header",
                f"payload_offset is {h.payload_offset} sectors, inside the {HEADER_SECTORS}-sector header")
     if h.mk_digest_iterations == 0:
-        broken(at + 164, "LUKS key iteration count is zero", "mk_digest_iterations is 0")
+        broken("luks.digest_iterations_zero", at + 164, "LUKS key iteration count is zero",
+               "mk_digest_iterations is 0")
     spans = [(s.key_offset_sector, split_key_sectors(h.key_bytes, s.stripes)) for s in h.slots]
     for s, (start, n) in zip(h.slots, spans, strict=True):
         i, slot_at = s.index, at + SLOTS_AT + SLOT_SIZE * s.index
         if s.stripes != STRIPES:
-            broken(slot_at + 44, f"Keyslot {i} is corrupted (stripes {_int32(s.stripes)} != {STRIPES})",
+            broken("luks.keyslot_stripes", slot_at + 44, f"Keyslot {i} is corrupted (stripes {_int32(s.stripes)} != {STRIPES})",
                    f"key slot {i} stripes is {s.stripes}, not {STRIPES}")
         if s.state not in (SLOT_DISABLED, SLOT_ENABLED):
-            broken(slot_at, f"Keyslot {i} state (active/disable) is corrupted",
+            broken("luks.keyslot_state", slot_at, f"Keyslot {i} state (active/disable) is corrupted",
                    f"key slot {i} state is 0x{s.state:x}, neither enabled (0x{SLOT_ENABLED:x}) nor disabled "
                    f"(0x{SLOT_DISABLED:x})")
         if s.active and s.iterations == 0:
-            broken(slot_at + 4, f"Keyslot {i} iteration count is zero", f"key slot {i} is enabled with 0 iterations")
+            broken("luks.keyslot_iterations_zero", slot_at + 4, f"Keyslot {i} iteration count is zero",
+                   f"key slot {i} is enabled with 0 iterations")
         if start < HEADER_SECTORS:
-            broken(slot_at + 40, f"Keyslot {i} is overlapping with the LUKS header",
+            broken("luks.keyslot_in_header", slot_at + 40, f"Keyslot {i} is overlapping with the LUKS header",
                    f"key slot {i} key material starts at sector {start}, inside the {HEADER_SECTORS}-sector header")
         end = (start + n) & _U32
         if end > h.payload_offset:
-            broken(slot_at + 40, f"Keyslot {i} is overlapping with the encrypted payload",
+            broken("luks.keyslot_in_payload", slot_at + 40, f"Keyslot {i} is overlapping with the encrypted payload",
                    f"key slot {i} key material, sector {start} + {n} sectors (key_bytes {h.key_bytes} x stripes "
                    f"{s.stripes}, in qemu's 32-bit sums), ends past payload_offset {h.payload_offset}")
         # one finding per slot for all the later slots it overlaps; qemu names the first pair
         later = [j for j in range(i + 1, len(spans)) if end > spans[j][0] and (spans[j][0] + spans[j][1]) & _U32 > start]
         if later:
             others = ", ".join(f"{j} (sector {spans[j][0]} + {spans[j][1]})" for j in later)
-            broken(slot_at + 40, f"Keyslots {i} and {later[0]} are overlapping in the header",
+            broken("luks.keyslots_overlap", slot_at + 40, f"Keyslots {i} and {later[0]} are overlapping in the header",
                    f"key slot {i} key material (sector {start} + {n}, in qemu's 32-bit sums) overlaps that of "
                    f"key slot{'s' if len(later) > 1 else ''} {others}")
     return out
@@ -191,11 +193,11 @@ QEMU_IVGENS = ("plain", "plain64", "essiv")
 _ESSIV_NAMES = {"aes": "AES", "serpent": "Serpent", "twofish": "Twofish"}
 
 
-def qemu_parse_problem(h: LuksHeader) -> tuple[int, str, str] | None:
+def qemu_parse_problem(h: LuksHeader) -> tuple[str, int, str, str] | None:
     """The first name qcrypto_block_luks_parse_header cannot look up (it runs at every open, `qemu-img info`
-    too), as (host offset, our words, qemu's message), or None."""
-    def bad(pos: int, qemu: str, ours: str) -> tuple[int, str, str]:
-        return h.offset + pos, ours, qemu
+    too), as (finding code, host offset, our words, qemu's message), or None."""
+    def bad(pos: int, qemu: str, ours: str, code: str = "luks.cipher_mode_unknown") -> tuple[str, int, str, str]:
+        return code, h.offset + pos, ours, qemu
 
     mode, dash, ivgen = h.cipher_mode.partition("-")
     if not dash:
@@ -204,7 +206,7 @@ def qemu_parse_problem(h: LuksHeader) -> tuple[int, str, str] | None:
     ivgen, colon, ivhash = ivgen.partition(":")
     if colon and ivhash not in QEMU_HASH_SIZES:
         return bad(40, f"Hash algorithm '{ivhash}' not supported",
-                   f"cipher_mode {h.cipher_mode!r}: qemu knows no hash {ivhash!r}")
+                   f"cipher_mode {h.cipher_mode!r}: qemu knows no hash {ivhash!r}", "luks.hash_unknown")
     if mode not in QEMU_CIPHER_MODES:
         return bad(40, f"Cipher mode '{mode}' not supported",
                    f"cipher_mode {h.cipher_mode!r}: qemu knows no chaining mode {mode!r} "
@@ -213,10 +215,10 @@ def qemu_parse_problem(h: LuksHeader) -> tuple[int, str, str] | None:
     if key_bytes not in QEMU_CIPHER_KEY_BYTES.get(h.cipher_name, ()):
         return bad(8, f"Algorithm '{h.cipher_name}' with key size {_int32(key_bytes)} bytes not supported",
                    f"cipher {h.cipher_name!r} with {key_bytes}-byte keys (key_bytes {h.key_bytes}) is not one "
-                   "qemu has")
+                   "qemu has", "luks.cipher_unknown")
     if h.hash_spec not in QEMU_HASH_SIZES:
         return bad(72, f"Hash algorithm '{h.hash_spec}' not supported",
-                   f"hash_spec {h.hash_spec!r} is not a hash qemu has")
+                   f"hash_spec {h.hash_spec!r} is not a hash qemu has", "luks.hash_unknown")
     if ivgen not in QEMU_IVGENS:
         return bad(40, f"IV generator '{ivgen}' not supported",
                    f"cipher_mode {h.cipher_mode!r}: qemu knows no IV generator {ivgen!r}")
@@ -241,19 +243,18 @@ def read_luks_header(read, offset: int, length: int) -> tuple[LuksHeader | None,
     carries its message."""
     findings: list[Finding] = []
 
-    def finding(message: str, host: int, qemu: str | None) -> None:
-        findings.append(Finding("luks.header_invalid", Severity.CORRUPTION, message, STRUCTURE, host,
-                                qemu_message=qemu))
+    def finding(message: str, host: int, qemu: str | None, code: str) -> None:
+        findings.append(Finding(code, Severity.CORRUPTION, message, STRUCTURE, host, qemu_message=qemu))
 
     if length < LUKS1_HEADER_SIZE:
         finding(f"the encryption header pointer's length {length} is below the {LUKS1_HEADER_SIZE} bytes of the "
-                "LUKS1 header", offset, "Request for data outside of extension header")
+                "LUKS1 header", offset, "Request for data outside of extension header", "luks.pointer_too_short")
     raw = read(offset, LUKS1_HEADER_SIZE)
     if len(raw) < LUKS1_HEADER_SIZE:
         # bdrv_pread fills what lies past the end of the file with zeros, and qemu goes on with those
         finding("the header lies past the end of the file; qemu reads it as zeros" if not raw else
                 f"only {len(raw)} of the header's {LUKS1_HEADER_SIZE} bytes lie in the file (it ends at "
-                f"0x{offset + len(raw):x}); qemu reads zeros for the rest", offset, None)
+                f"0x{offset + len(raw):x}); qemu reads zeros for the rest", offset, None, "luks.header_past_eof")
         raw = raw.ljust(LUKS1_HEADER_SIZE, b"\0")
     header = None
     try:
@@ -261,12 +262,14 @@ def read_luks_header(read, offset: int, length: int) -> tuple[LuksHeader | None,
     except StructureError as exc:
         qemu = {"magic": "Volume is not in LUKS format",
                 "version": f"LUKS version {exc.value} is not supported"}.get(exc.field or "")
-        finding(exc.message, offset, qemu)
+        # the spec validates the magic and the version only (ksy/luks1_header.ksy)
+        code = "luks.version_unsupported" if exc.field == "version" else "luks.magic_invalid"
+        finding(exc.message, offset, qemu, code)
     else:
         problems = check_luks_header(header, k)
         parse_problem = qemu_parse_problem(header)
-        for host, message, qemu in problems + ([parse_problem] if parse_problem else []):
-            finding(message, host, qemu)
+        for code, host, message, qemu in problems + ([parse_problem] if parse_problem else []):
+            finding(message, host, qemu, code)
     first = next((i for i, f in enumerate(findings) if f.qemu_message), None)
     return header, [f if i == first or not f.qemu_message else replace(f, qemu_message=None)
                     for i, f in enumerate(findings)]
