@@ -39,18 +39,17 @@ from ..layers.extent import Extent, Kind, Runs
 
 CHUNK = 4 << 20  # bytes read at a time
 WINDOW_GAP = 256 << 10  # host bytes between two runs still worth reading through in one window
-THREADED_COPY = 256 << 10  # runs at least this long are copied by the copying threads
+THREADED_COPY = 256 << 10  # runs at least this long are copied together (Writer.copy_runs)
 MAX_PENDING = 1 << 18  # data runs gathered before they are copied (24 bytes each, copied twice to sort)
-COPY_THREADS = max(1, min(2, os.cpu_count() or 1))  # long runs copied in parallel (qemu-img keeps two cores busy)
-COPY_PIECE = 1 << 20  # bytes read and written at a time by a copying thread (qemu-img convert's request size;
-# larger writes made the kernel's page-cache path erratic here: 0.6 s to 6 s for the same 2 GiB)
-# long runs: the kernel copies them while a forked process tests them for zeros (Writer.copy_runs);
-# the tests turn it off to run the threaded copy on its own
+COPY_THREADS = max(1, min(2, os.cpu_count() or 1))  # the threaded copy's threads (qemu-img keeps two cores busy)
+COPY_PIECE = 1 << 20  # bytes a long run is cut into (qemu-img convert's request size)
+# the kernel copy with a forked zero tester (Writer.copy_runs) and the work shared with a forked process
+# (Writer.share); the tests turn it off to run the threaded and serial ways on their own
 KERNEL_COPY = sys.platform.startswith("linux") and hasattr(os, "copy_file_range") and hasattr(os, "fork")
 KERNEL_GROUP = 1 << 15  # pieces per tester (32 GiB): the list of pieces stays a few MB
+_SPAN = struct.Struct("<qqq")  # from the tester: piece, start, end of a non-zero span of it; end 0: piece done
 _DONE = struct.Struct("<qq")  # from the sharing child: index done, or -1 and an errno
 SHARED_INFLATE = 256  # compressed clusters in one batch worth a forked process
-_SPAN = struct.Struct("<qqq")  # from the tester: piece, start, end of a non-zero span of it; end 0: piece done
 # copy_file_range errors that mean "not here" (the threaded copy takes over), not a failing output
 _NO_KERNEL_COPY = frozenset({errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EBADF, errno.EPERM,
                              errno.ETXTBSY, errno.EOVERFLOW})
