@@ -129,7 +129,6 @@ class Writer:
         except OSError as exc:
             os.close(self.fd)
             raise UsageError(f"-o {path}: cannot make a {size}-byte file (the virtual size): {exc.strerror}") from None
-        self.written = 0
         self._copies: deque = deque()  # pieces in flight, oldest first
         self._pool: ThreadPoolExecutor | None = None
         self._buffers = threading.local()  # one COPY_PIECE buffer per copying thread
@@ -139,12 +138,12 @@ class Writer:
         n = len(data)
         if n == 0 or data == _ZEROS[:n]:
             return
-        if n <= ZERO_BLOCK:
-            self._pwrite(offset, data)
-            return
         view = memoryview(data)
+        if n <= ZERO_BLOCK:
+            self._pwrite_all(offset, view)
+            return
         for lo, hi in self.nonzero_spans(data):  # only the non-zero 4 KiB blocks
-            self._pwrite(offset + lo, view[lo:hi])
+            self._pwrite_all(offset + lo, view[lo:hi])
 
     def nonzero_spans(self, data) -> list[tuple[int, int]]:
         """(start, end) of the runs of non-zero 4 KiB blocks of ``data`` (the last block may be short)."""
@@ -290,7 +289,7 @@ class Writer:
         buf = memoryview(bytearray(COPY_PIECE))
 
         def work(i: int) -> bool:
-            self.written += self._decrypt_piece(file, pieces[i], decrypt, buf)
+            self._decrypt_piece(file, pieces[i], decrypt, buf)
             return True
 
         done = self.share(len(pieces), work)
@@ -298,14 +297,12 @@ class Writer:
             if i not in done:
                 work(i)
 
-    def _decrypt_piece(self, file, piece: tuple[int, int, int], decrypt: Callable, buf: memoryview) -> int:
+    def _decrypt_piece(self, file, piece: tuple[int, int, int], decrypt: Callable, buf: memoryview) -> None:
         host, n, guest = piece
         got = file.read_into(host, buf[:n])
         got -= got % 512  # whole sectors only (a file cut under us)
-        if not got:
-            return 0
-        plain = memoryview(decrypt(guest, host, buf[:got]))
-        return sum(self._pwrite_all(guest + lo, plain[lo:hi]) for lo, hi in self.nonzero_spans(plain))
+        if got:
+            self.write(guest, decrypt(guest, host, buf[:got]))
 
     def _copy_range(self, file, host: int, length: int, offset: int) -> bool:
         try:
@@ -315,7 +312,6 @@ class Writer:
                 raise  # ENOSPC, EIO: the output fails, as a pwrite would
             self._kernel = False
             return False
-        self.written += got
         return got == length  # short: the file ended early; the threaded way writes what there is
 
     def copy_from(self, file, host: int, length: int, offset: int) -> None:
@@ -327,36 +323,27 @@ class Writer:
             self._pool = ThreadPoolExecutor(COPY_THREADS, thread_name_prefix="qf-copy")
         for at in range(0, length, COPY_PIECE):
             while len(self._copies) >= 2 * COPY_THREADS:
-                self.written += self._copies.popleft().result()
+                self._copies.popleft().result()  # raises what the copy met
             self._copies.append(self._pool.submit(self._copy_piece, file, host + at, min(COPY_PIECE, length - at),
                                                   offset + at))
 
-    def _copy_piece(self, file, host: int, length: int, offset: int) -> int:
+    def _copy_piece(self, file, host: int, length: int, offset: int) -> None:
         buf = getattr(self._buffers, "view", None)
         if buf is None:
             buf = self._buffers.view = memoryview(bytearray(COPY_PIECE))
         got = file.read_into(host, buf[:length])
-        view = buf[:got]
-        done = 0
-        for lo, hi in self.nonzero_spans(view):
-            done += self._pwrite_all(offset + lo, view[lo:hi])
-        return done
+        self.write(offset, buf[:got])
 
-    def _pwrite_all(self, offset: int, view) -> int:
-        n = len(view)
+    def _pwrite_all(self, offset: int, view: memoryview) -> None:
         while len(view):
             k = os.pwrite(self.fd, view, offset)
             offset += k
             view = view[k:]
-        return n
 
     def drain(self) -> None:
-        """Wait for the kernel copies in flight; the first that failed raises here."""
+        """Wait for the threaded copies in flight; the first that failed raises here."""
         while self._copies:
-            self.written += self._copies.popleft().result()
-
-    def _pwrite(self, offset: int, data) -> None:
-        self.written += self._pwrite_all(offset, memoryview(data))
+            self._copies.popleft().result()
 
     def close(self) -> None:
         try:
@@ -518,15 +505,8 @@ def copy_rows(owner, host: np.ndarray, length: np.ndarray, guest: np.ndarray, wr
             long_runs.append((lo, int(length[i]), int(guest[i])))
             i += 1
             continue
-        if int(length[i]) > CHUNK:  # one long run, in pieces
-            g, m = int(guest[i]), int(length[i])
-            for at in range(0, m, CHUNK):
-                k = min(CHUNK, m - at)
-                file.read_into(lo + at, view[:k])
-                put(g + at, lo + at, view[:k])
-            i += 1
-            continue
-        # extend the window while the next run starts near what it covers and it stays within CHUNK
+        # a shorter run (below THREADED_COPY, so within CHUNK): extend the window while the next run starts
+        # near what it covers and it stays within CHUNK
         j = i + 1 + int(np.searchsorted(end[i + 1:], lo + CHUNK, side="right"))
         gaps = np.flatnonzero(host[i + 1:j] - end[i:j - 1] > WINDOW_GAP)
         if len(gaps):
