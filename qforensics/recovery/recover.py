@@ -26,9 +26,9 @@ import threading
 import warnings
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -36,6 +36,9 @@ from .. import progress
 from ..errors import UsageError
 from ..layers.chain import ZERO_KINDS, RawLayer, resolve
 from ..layers.extent import Extent, Kind, Runs
+
+if TYPE_CHECKING:
+    from concurrent.futures import ThreadPoolExecutor
 
 CHUNK = 4 << 20  # bytes read at a time
 WINDOW_GAP = 256 << 10  # host bytes between two runs still worth reading through in one window
@@ -320,6 +323,8 @@ class Writer:
         the zero test and pwrite release the GIL); the output ranges never overlap, so their order does
         not matter."""
         if self._pool is None:
+            # imported here: it brings logging and queue, 12 ms of start-up that the kernel copy never needs
+            from concurrent.futures import ThreadPoolExecutor
             self._pool = ThreadPoolExecutor(COPY_THREADS, thread_name_prefix="qf-copy")
         for at in range(0, length, COPY_PIECE):
             while len(self._copies) >= 2 * COPY_THREADS:
