@@ -1,4 +1,4 @@
-"""The two ways recover copies long data runs (recovery/recover.py Writer.copy_runs): the kernel path
+"""The two ways recover copies long data runs (recovery/output.py Writer.copy_runs): the kernel path
 (copy_file_range, zero blocks found by a forked tester) and the threaded path (preadv, test, pwrite).
 Each, and every way the kernel path hands over to the threaded one midway, must give qemu-img
 convert's bytes and be as sparse as qemu's output."""
@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 from conftest import qemu_img
 
-import qforensics.recovery.recover as rec
+import qforensics.recovery.output as rec
+import qforensics.recovery.recover as recover
 from qforensics.layers.file import FileLayer
 from qforensics.recovery.evidence import recover_image
 from qforensics.report import sha256_file as sha256
@@ -276,4 +277,4 @@ def test_compressed_clusters_shared_with_a_forked_process(compressed, tmp_path, 
             pytest.skip("no fork here")
         monkeypatch.setattr(rec, "_share_odd", dying_share(3))
     recover_and_compare(compressed, tmp_path)
-    assert shares and max(shares) >= rec.SHARED_INFLATE
+    assert shares and max(shares) >= recover.SHARED_INFLATE

@@ -1,11 +1,11 @@
-"""The sparse writer's zero test (recovery/recover.py Writer.nonzero_spans) against a plain reading of
+"""The sparse writer's zero test (recovery/output.py Writer.nonzero_spans) against a plain reading of
 qemu-img convert's -S 4k rule: a 4 KiB block is written when any of its bytes is not zero."""
 
 from __future__ import annotations
 
 import random
 
-from qforensics.recovery.recover import ZERO_BLOCK, Writer
+from qforensics.recovery.output import ZERO_BLOCK, Writer
 
 
 def plain_spans(data: bytes) -> list[tuple[int, int]]:

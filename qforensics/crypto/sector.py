@@ -1,6 +1,6 @@
 """Sector ciphers: block cipher + chaining mode + IV generator over 512-byte sectors, batched with numpy.
 
-Every mode is computed 64 KiB (128 sectors) at a time: one ECB pass of the block
+Every mode is computed CHUNK (1 MiB, 2048 sectors) at a time: one ECB pass of the block
 cipher over the chunk (OpenSSL, through ``cryptography``) and numpy XORs for the
 chaining, so there is no Python work per sector or per byte.
 
