@@ -1,7 +1,9 @@
 """Command line: argument parsing and the choice of renderer, nothing else.
 
 Exit codes follow qemu-img where it has the same command: info exits 0, or 1
-when the image cannot be opened (as qemu-img would refuse it).
+when the image cannot be opened (as qemu-img would refuse it). A usage error
+exits 1, as qemu-img's do: argparse's 2 would read as "corruptions" from check
+and "ranges missing" from recover.
 """
 
 from __future__ import annotations
@@ -180,10 +182,17 @@ def _cmd_recover(args: argparse.Namespace) -> int:
     for line in result.notes:
         print(f"qforensics: {args.image}: {line}", file=sys.stderr)
     rec = result.recovery
-    if not args.quiet:
+    if args.output == "json":
+        doc = {"output": args.o, "log": args.log, **rec.summary(),
+               # the first MAX_MISSING_KEPT; --log lists them all
+               "missing": [{"start": s, "length": n, "reason": why} for s, n, why in rec.missing],
+               "notes": result.notes}
+        json.dump(doc, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    elif not args.quiet:
         done = rec.size - rec.missing_bytes
         print(f"recovered {done} of {rec.size} guest bytes to {args.o}"
-              + ("" if rec.complete else f"; {rec.missing_bytes} bytes in {len(rec.missing)} ranges missing"
+              + ("" if rec.complete else f"; {rec.missing_bytes} bytes in {rec.missing_count} ranges missing"
                  + (f" (see {args.log})" if args.log else "")), file=sys.stderr)
     return EXIT_OK if rec.complete else EXIT_INCOMPLETE
 
@@ -197,8 +206,17 @@ def _add_chain_options(p: argparse.ArgumentParser) -> None:
                    "own folder (never outside it)")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error exits EXIT_FAILED (qemu-img's 1), never a code a command gives a verdict."""
+
+    def error(self, message: str):
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_FAILED, f"{self.prog}: error: {message}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="qforensics", description="Forensic analysis of qcow2 disk images.")
+    # the subcommands' parsers are of the same class (add_subparsers takes the parser's own)
+    parser = _Parser(prog="qforensics", description="Forensic analysis of qcow2 disk images.")
     parser.add_argument("--version", action="version", version=f"qforensics {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     info = sub.add_parser("info", help="describe an image: header, features, extensions, snapshots, bitmaps")
@@ -241,6 +259,8 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--carve-dir", metavar="DIR", help="write clusters nothing references but that hold data, "
                      "with an index")
     rec.add_argument("--log", metavar="LOG.json", help="where each guest range came from, or why it is missing")
+    rec.add_argument("--output", choices=("human", "json"), default="human",
+                     help="json: the summary (bytes by source, missing ranges) as JSON on stdout")
     rec.add_argument("--quiet", action="store_true", help="no progress bar and no summary on stderr")
     rec.set_defaults(func=_cmd_recover)
     graph = sub.add_parser("graph", help="export the structure graph (GraphML for Gephi/yEd, or node-link JSON)")

@@ -204,3 +204,29 @@ def test_orphan_l2_placement_evidence(damaged, tmp_path, case, evidence):
     code, out, log, _ = recover(path, tmp_path)
     assert code == 0 and out.read_bytes() == ref.read_bytes()
     assert any(evidence in r.get("source", "") for r in log["ranges"])
+
+
+def test_json_summary_agrees_with_the_log(damaged, tmp_path):
+    """`recover --output json` prints the log's summary, and its missing ranges cover what the log says is
+    missing, byte for byte."""
+    path, ref = damaged("l2_zeroed", "snapshots")
+    out, log_path = tmp_path / "ours.raw", tmp_path / "log.json"
+    res = run_qforensics("recover", str(path), "-o", str(out), "--log", str(log_path), "--output", "json",
+                         cwd=tmp_path)
+    assert res.returncode == 2, res.stderr
+    doc, log = json.loads(res.stdout), json.loads(log_path.read_text())
+    for key in ("virtual-size", "complete", "recovered-bytes", "missing-bytes", "bytes-by-source", "missing-ranges"):
+        assert doc[key] == log[key], key
+    assert doc["complete"] is False and doc["output"] == str(out) and doc["log"] == str(log_path)
+    assert doc["missing-ranges"] == len(doc["missing"]) > 0
+    assert sum(r["length"] for r in doc["missing"]) == doc["missing-bytes"]
+
+    def covered(ranges):
+        marks = np.zeros(doc["virtual-size"] // 512, dtype=bool)
+        for r in ranges:
+            marks[r["start"] // 512:(r["start"] + r["length"]) // 512] = True
+        return marks
+
+    assert (covered(doc["missing"]) == covered([r for r in log["ranges"] if "missing" in r])).all()
+    assert {r["reason"] for r in doc["missing"]} == {r["missing"] for r in log["ranges"] if "missing" in r}
+    assert doc["recovered-bytes"] + doc["missing-bytes"] == ref.stat().st_size

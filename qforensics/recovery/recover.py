@@ -41,6 +41,7 @@ class Recovery:
     sources: dict[str, int] = field(default_factory=dict)
     missing: list[tuple[int, int, str]] = field(default_factory=list)  # (guest start, length, reason)
     missing_bytes: int = 0
+    missing_count: int = 0  # ranges missing; ``missing`` keeps the first MAX_MISSING_KEPT
 
     @property
     def complete(self) -> bool:
@@ -50,7 +51,7 @@ class Recovery:
         return {"virtual-size": self.size, "complete": self.complete,
                 "recovered-bytes": self.size - self.missing_bytes, "missing-bytes": self.missing_bytes,
                 "bytes-by-source": dict(sorted(self.sources.items())),
-                "missing-ranges": len(self.missing)}
+                "missing-ranges": self.missing_count}
 
 
 class Log:
@@ -336,4 +337,5 @@ def _lost(start: int, length: int, reason: str, rec: Recovery, log: Log) -> None
     log.add(start, length, missing=reason)
     if len(rec.missing) < MAX_MISSING_KEPT:
         rec.missing.append((start, length, reason))
+    rec.missing_count += 1
     rec.missing_bytes += length
