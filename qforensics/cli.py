@@ -16,6 +16,7 @@ from pathlib import Path
 
 from . import __version__
 from .errors import QforensicsError, UsageError
+from .text import terminal_safe
 
 # before numpy loads: its BLAS is never used here, and one thread spares starting a pool (~40 ms a run)
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
@@ -26,6 +27,16 @@ EXIT_FAILED = 1
 EXIT_INCOMPLETE = 2  # recover: some guest ranges are missing
 
 
+def _say(message: str) -> None:
+    """One line on stderr; image strings in it (names, paths) cannot drive the terminal."""
+    print(terminal_safe(message), file=sys.stderr)
+
+
+def _show(text: str) -> None:
+    """Human output on stdout, made terminal-safe as _say's (JSON escapes control characters itself)."""
+    sys.stdout.write(terminal_safe(text))
+
+
 def _cmd_info(args: argparse.Namespace) -> int:
     from .info import build_info, render_human  # info brings the layout; map and recover start without it
 
@@ -34,12 +45,12 @@ def _cmd_info(args: argparse.Namespace) -> int:
         refusals = img.refusals
     if refusals and not args.force:
         for f in refusals:
-            print(f"qforensics: {args.image}: {f.one_line()} (qemu: {f.qemu_message})", file=sys.stderr)
+            _say(f"qforensics: {args.image}: {f.one_line()} (qemu: {f.qemu_message})")
         return EXIT_FAILED
     if args.output == "json":
         sys.stdout.write(json.dumps(info, indent=4) + "\n")
     else:
-        sys.stdout.write(render_human(info))
+        _show(render_human(info))
     return EXIT_OK
 
 
@@ -56,7 +67,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
     with progress.Progress("report", 1, enabled=progress.wanted(args.quiet)):
         _write_report(args.image, args.o, args.hash)
     if not args.quiet:
-        print(f"report written to {args.o}", file=sys.stderr)
+        _say(f"report written to {args.o}")
     return EXIT_OK
 
 
@@ -74,7 +85,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
     if args.output == "json":
         sys.stdout.write(json.dumps(report.to_json(args.image), indent=4) + "\n")
     else:
-        sys.stdout.write(render_check(report, args.image))
+        _show(render_check(report, args.image))
     return report.exit_code
 
 
@@ -98,13 +109,13 @@ def _cmd_graph(args: argparse.Namespace) -> int:
     if args.output == "json":
         sys.stdout.write(json.dumps(summary, indent=4) + "\n")
     else:
-        print(f"{summary['nodes']} nodes, {summary['edges']} edges written to {out}")
-        print("nodes: " + ", ".join(f"{k} {v}" for k, v in summary["nodes-by-kind"].items()))
-        print("edges: " + ", ".join(f"{k} {v}" for k, v in summary["edges-by-kind"].items()))
+        _show(f"{summary['nodes']} nodes, {summary['edges']} edges written to {out}\n")
+        _show("nodes: " + ", ".join(f"{k} {v}" for k, v in summary["nodes-by-kind"].items()) + "\n")
+        _show("edges: " + ", ".join(f"{k} {v}" for k, v in summary["edges-by-kind"].items()) + "\n")
         for u in summary["unreachable"]:
-            print(f"unreachable from the header: {u['label']}")
+            _show(f"unreachable from the header: {u['label']}\n")
         for c in summary["cycles"]:
-            print("cycle: " + " -> ".join(c))
+            _show("cycle: " + " -> ".join(c) + "\n")
     return EXIT_OK
 
 
@@ -129,7 +140,7 @@ def _cmd_map(args: argparse.Namespace) -> int:
             refusals = img.open_refusals
             if refusals and not args.force:
                 for f in refusals:
-                    print(f"qforensics: {args.image}: {f.one_line()} (qemu: {f.qemu_message})", file=sys.stderr)
+                    _say(f"qforensics: {args.image}: {f.one_line()} (qemu: {f.qemu_message})")
                 return EXIT_FAILED
             layer = _guest_view(img, args, opened)
             names, at = [], layer
@@ -147,14 +158,18 @@ def _cmd_map(args: argparse.Namespace) -> int:
 
             batches = noted(map_rows(layer))
             chunks = json_chunks(batches) if args.output == "json" else human_chunks(batches, names)
-            sys.stdout.writelines(chunks)
+            if args.output == "json":
+                sys.stdout.writelines(chunks)
+            else:
+                for chunk in chunks:
+                    _show(chunk)
     finally:
         for f in opened:
             f.close()
     for start, length, why in unreadable:
-        print(f"qforensics: {args.image}: guest 0x{start:x}+0x{length:x}: {why}", file=sys.stderr)
+        _say(f"qforensics: {args.image}: guest 0x{start:x}+0x{length:x}: {why}")
     if count > len(unreadable):
-        print(f"qforensics: {args.image}: {count - len(unreadable)} more unreadable ranges", file=sys.stderr)
+        _say(f"qforensics: {args.image}: {count - len(unreadable)} more unreadable ranges")
     return EXIT_FAILED if count else EXIT_OK
 
 
@@ -180,7 +195,7 @@ def _cmd_recover(args: argparse.Namespace) -> int:
                                carve_dir=Path(args.carve_dir) if args.carve_dir else None,
                                log_path=Path(args.log) if args.log else None, argv=sys.argv)
     for line in result.notes:
-        print(f"qforensics: {args.image}: {line}", file=sys.stderr)
+        _say(f"qforensics: {args.image}: {line}")
     rec = result.recovery
     if args.output == "json":
         doc = {"output": args.o, "log": args.log, **rec.summary(),
@@ -191,9 +206,9 @@ def _cmd_recover(args: argparse.Namespace) -> int:
         sys.stdout.write("\n")
     elif not args.quiet:
         done = rec.size - rec.missing_bytes
-        print(f"recovered {done} of {rec.size} guest bytes to {args.o}"
+        _say(f"recovered {done} of {rec.size} guest bytes to {args.o}"
               + ("" if rec.complete else f"; {rec.missing_bytes} bytes in {rec.missing_count} ranges missing"
-                 + (f" (see {args.log})" if args.log else "")), file=sys.stderr)
+                 + (f" (see {args.log})" if args.log else "")))
     return EXIT_OK if rec.complete else EXIT_INCOMPLETE
 
 
@@ -276,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except QforensicsError as exc:
-        print(f"qforensics: {args.image}: {exc}", file=sys.stderr)
+        _say(f"qforensics: {args.image}: {exc}")
         return EXIT_FAILED
     except KeyboardInterrupt:
         return 130
@@ -286,8 +301,8 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # last resort: a bug must not print a traceback over the evidence
         if os.environ.get("QFORENSICS_DEBUG"):
             raise
-        print(f"qforensics: {args.image}: internal error: {type(exc).__name__}: {exc} "
-              "(set QFORENSICS_DEBUG=1 for the traceback)", file=sys.stderr)
+        _say(f"qforensics: {args.image}: internal error: {type(exc).__name__}: {exc} "
+             "(set QFORENSICS_DEBUG=1 for the traceback)")
         return EXIT_FAILED
 
 

@@ -1,7 +1,8 @@
 """The HTML audit report: one self-contained file a person reads without the tool.
 
 Everything taken from the image reaches the page only through jinja2 with
-autoescape on; the cluster map is drawn from numbers only. The page's one
+autoescape on, its control characters and bidirectional overrides shown as
+escapes (text.terminal_safe); the cluster map is drawn from numbers only. The page's one
 script is the template's own, allowed by its hash in the Content-Security-
 Policy, so no other script can run even if a string ever went unescaped.
 
@@ -42,6 +43,7 @@ from .info import build_info
 from .layers.file import seek_extents
 from .layout import Role
 from .model import Image
+from .text import terminal_safe
 
 MAP_CELLS = 4096  # the cluster map is at most 64 x 64 cells, aggregated for big files
 COLOURS = {
@@ -277,8 +279,11 @@ def build_report(path: str | os.PathLike[str], command_line: list[str] | None = 
             after = hash_evidence(path, method)
         bar.describe("rendering")
         by_code = Counter((str(f.severity), f.code) for f in findings)
+        # finalize: control characters and bidirectional overrides from image strings are written as
+        # visible escapes, so a name cannot reorder the text around it (autoescape only handles <>&'")
         env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(template_dir())), autoescape=True,
-                                 undefined=jinja2.StrictUndefined)
+                                 undefined=jinja2.StrictUndefined,
+                                 finalize=lambda v: terminal_safe(v) if isinstance(v, str) else v)
         env.filters["csp_hash"] = csp_hash
         return env.get_template("report.html.j2").render(
             evidence={"path": str(path), "size": st.st_size, "allocated": st.st_blocks * 512,

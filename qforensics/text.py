@@ -1,10 +1,16 @@
-"""Strings from the image, clipped for the places where they are repeated.
+"""Strings from the image: clipped for the places where they are repeated, made safe for a terminal.
 
 A snapshot id or name, or a bitmap name, may be 64 KiB long (spec "Snapshot table
 entry": 16-bit lengths) and is repeated in the owner name and message of every
 structure that snapshot or bitmap owns; thousands of findings would make
 gigabytes of output from one entry. Owner names and labels use ``clip``; the full
 string is shown once, where the entry itself is described (``info``).
+
+A name may also hold terminal control sequences (ESC [2J clears the screen, OSC
+sequences set the window title or write links) or bidirectional overrides that
+make a line read differently than it is stored. Human output and messages pass
+through ``terminal_safe``; JSON escapes them itself, HTML is escaped by its
+templates.
 """
 
 from __future__ import annotations
@@ -28,4 +34,21 @@ def clip(value: str, limit: int = MAX_SHOWN) -> str:
     return f"'{value[:limit]}…' ({size} bytes)"
 
 
-__all__ = ["MAX_SHOWN", "clip"]
+# C0 controls but tab and newline, DEL, C1 controls, and the bidirectional marks, embeddings, overrides
+# and isolates (Unicode TR9), each shown as the escape Python would write for it
+_UNSAFE = [*range(0x09), *range(0x0B, 0x20), *range(0x7F, 0xA0), 0x061C, 0x200E, 0x200F,
+           *range(0x202A, 0x202F), *range(0x2066, 0x206A)]
+_ESCAPES = {c: (f"\\x{c:02x}" if c < 0x100 else f"\\u{c:04x}") for c in _UNSAFE}
+
+
+def terminal_safe(text: str) -> str:
+    r"""``text`` with every character that a terminal would act on written as its escape; newlines and
+    tabs are kept.
+
+    >>> terminal_safe("snap\x1b[2J\u202eabc\n")
+    'snap\\x1b[2J\\u202eabc\n'
+    """
+    return text.translate(_ESCAPES)
+
+
+__all__ = ["MAX_SHOWN", "clip", "terminal_safe"]

@@ -149,6 +149,9 @@ POKES = [
          lambda d: [(struct.unpack_from(">Q", d, find_extension(d, 0x0537BE77) + 8)[0], b"XXXX")]),
     Poke("bitmap_duplicate_name", "bitmaps", "bitmap.duplicate_name", "bitmap directory",
          lambda d: [(bitmap_dir(d) + 24 + 32, d[bitmap_dir(d) + 24:bitmap_dir(d) + 26])]),
+    # names that differ only after a NUL byte: qemu reads them as C strings, so both are ""
+    Poke("bitmap_duplicate_c_name", "bitmaps", "bitmap.duplicate_name", "bitmap directory",
+         lambda d: [(bitmap_dir(d) + 24, b"\0a"), (bitmap_dir(d) + 24 + 32, b"\0b")]),
     # snapshot table (block/qcow2-snapshot.c qcow2_do_read_snapshots)
     Poke("snapshot_extra_data_too_large", "snapshots", "snapshot.extra_data_too_large", "snapshot table",
          lambda d: [(snapshot_entry(d) + 36, be("I", 2000))]),

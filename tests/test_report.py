@@ -123,6 +123,18 @@ def test_image_strings_are_escaped(tmp_path):
     assert "\\xff&lt;script&gt;window.__pwned=5" in html  # the byte that is not UTF-8 is shown, not dropped
 
 
+def test_control_and_bidi_characters_are_shown_as_escapes(tmp_path):
+    """A snapshot name with a right-to-left override would reverse the text after it on the page, and
+    terminal escapes are invisible: both are written as visible escapes."""
+    name = "evil\x1b[2J\u202eRED\x85"
+    for args in (["create", "-q", "-f", "qcow2", "bidi.qcow2", "1M"], ["snapshot", "-c", name, "bidi.qcow2"]):
+        subprocess.run(["qemu-img", *args], check=True, cwd=tmp_path)
+    page, html, _ = report(tmp_path, "bidi.qcow2", tmp_path)
+    assert page.scripts == 1
+    assert not any(c in html for c in "\x1b\u202e\x85")
+    assert "evil\\x1b[2J\\u202eRED\\x85" in html
+
+
 def test_check_html_and_evidence_guard(corpus, tmp_path):
     path = image_path(corpus, "v3_default")
     out = tmp_path / "r.html"

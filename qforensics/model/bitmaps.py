@@ -136,10 +136,13 @@ def read_bitmap_directory(h: Header, read, file_size: int, nb_bitmaps: int, dir_
         why = check_dir_entry(h, b)
         if why:
             corrupt("bitmap.entry_constraints", f"bitmap {_shown(b.name)}: {why}", entry_offset, _qemu_refusal(b))
-        elif any(other.name == b.name for other in bitmaps[:-1]):
-            # qemu creates the in-memory bitmaps at open and fails on the second one of a name
+        elif (twin := next((o for o in bitmaps[:-1] if o.qemu_name == b.qemu_name), None)) is not None:
+            # qemu creates the in-memory bitmaps at open and fails on the second one of a name; it reads
+            # each name as a C string (g_strndup), so names that differ only after a NUL byte are one
+            same = "this name" if twin.name == b.name else (f"the same name up to the first NUL byte "
+                                                           f"({_shown(twin.name)}; qemu reads names as C strings)")
             corrupt("bitmap.duplicate_name", f"bitmap {_shown(b.name)} at 0x{entry_offset:x}: another bitmap already has "
-                    "this name", entry_offset, f"Bitmap already exists: {b.qemu_name}")
+                    f"{same}", entry_offset, f"Bitmap already exists: {b.qemu_name}")
     if len(bitmaps) < nb_bitmaps:
         corrupt("bitmap.directory_too_few", f"bitmap directory holds {len(bitmaps)} entries, nb_bitmaps says "
                 f"{nb_bitmaps}", dir_offset, "Less bitmaps found than specified in header extension")
