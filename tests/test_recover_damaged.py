@@ -125,6 +125,31 @@ def test_header_damaged_uses_the_stale_l1_copy(damaged, tmp_path):
     assert any("stale L1 copy at 0x" in r.get("source", "") for r in log["ranges"])
 
 
+@pytest.mark.parametrize("case", ["extended_l2", "extended_l2_backing"])
+@pytest.mark.parametrize("kind,evidence", [("l1_zeroed", "the only L1 entry left to fill"),
+                                           ("header_damaged", "stale L1 copy at 0x")])
+def test_extended_l2_tables_are_found_and_placed(damaged, tmp_path, corpus, case, kind, evidence):
+    """Extended L2 tables (16-byte entries: descriptor and subcluster bitmap) are found as L2 tables (and
+    carved as l2-like), the lost L1 as a stale L1 copy; subclusters left unallocated still read through
+    to the backing file."""
+    src = image_path(corpus, case)
+    path, ref = damaged(kind, case)
+    for other in src.parent.iterdir():
+        if other.name != path.name and other.suffix != ".json":
+            (tmp_path / other.name).write_bytes(other.read_bytes())
+    theirs = share(ref, tmp_path / "qemu.raw") if qemu_convert(path, tmp_path / "qemu.raw") else 0.0
+    carved = tmp_path / "carved"
+    code, out, log, err = recover(path, tmp_path, "--allow-image-dir", "--carve-dir", str(carved))
+    assert code == 0 and log["complete"], err
+    assert out.read_bytes() == ref.read_bytes()
+    placed = {int(r["source"].split()[3], 16) for r in log["ranges"] if r.get("source", "").startswith("carved L2")}
+    index = json.loads((carved / "index.json").read_text())
+    assert placed and placed <= {c["host-offset"] for c in index["carved"] if c["looks-like"] == "l2-like"}
+    # qemu: nothing of the image alone; through the backing file, the base's older bytes where the top's are lost
+    assert theirs == 0.0 if case == "extended_l2" else theirs < 1.0
+    assert any(s.startswith("carved L2 at 0x") and evidence in s for s in (r.get("source", "") for r in log["ranges"]))
+
+
 def test_l2_zeroed_falls_back_to_the_newest_snapshot_and_logs_the_rest(damaged, tmp_path, corpus):
     path, ref = damaged("l2_zeroed", "snapshots")
     code, out, log, _ = recover(path, tmp_path)

@@ -8,7 +8,10 @@ Descriptor", "Compressed Clusters Descriptor": reserved bits clear, offsets
 aligned and inside the file), point only at clusters that are data or
 unreferenced, and, where the refcounts are readable, only at clusters with a
 refcount. A candidate whose entries point at other candidates is a stale L1
-copy instead, and tells where they go. Placement evidence, strongest first:
+copy instead, and tells where they go. With extended L2 entries (spec "Extended
+L2 Entries") each entry is a descriptor and a subcluster bitmap: the
+descriptor's bit 0 must be clear, a compressed cluster's bitmap zero, and no
+subcluster both allocated and zero. Placement evidence, strongest first:
 a stale L1 copy, a snapshot L2 table the candidate mostly agrees with, the
 dedup table's logical offsets (draft, seed 000), the only L1 slot left open.
 """
@@ -67,14 +70,33 @@ def l2_shaped(words: np.ndarray, *, cluster_bits: int, file_size: int, v3: bool)
     return ok.all(axis=1) & has_data.any(axis=1)
 
 
+def extended_l2_shaped(words: np.ndarray, *, cluster_bits: int, file_size: int) -> np.ndarray:
+    """Which rows of ``words`` (tables × 2·entries: descriptor, bitmap, ...) could be extended L2 tables."""
+    desc, bitmap = words[:, 0::2], words[:, 1::2]
+    compressed = (desc & T.OFLAG_COMPRESSED) != 0
+    # bit 0 of a standard descriptor is always 0 with extended L2 entries: v2's reserved mask covers it
+    shaped = l2_shaped(desc, cluster_bits=cluster_bits, file_size=file_size, v3=False)
+    alloc, zero = bitmap & np.uint64(0xFFFFFFFF), bitmap >> np.uint64(32)
+    ok = np.where(compressed, bitmap == 0, (alloc & zero) == 0)
+    return shaped & ok.all(axis=1)
+
+
+def l1_shaped(words: np.ndarray, *, cluster_bits: int, file_size: int) -> np.ndarray:
+    """Which rows of ``words`` could be L1 tables (spec "L1 table entry"): reserved bits clear, offsets
+    aligned and inside the file, at least one entry set."""
+    off = words & T.L1E_OFFSET_MASK
+    ok = ((words & T.L1E_RESERVED_MASK) == 0) & (off % np.uint64(1 << cluster_bits) == 0) \
+        & (off < np.uint64(file_size))
+    return ok.all(axis=1) & (off != 0).any(axis=1)
+
+
 def find_candidates(img: Image, clusters: np.ndarray, role: np.ndarray,
                     refcounts: np.ndarray | None) -> dict[int, np.ndarray]:
     """L2-shaped tables among ``clusters`` (indices), by host offset, with their entries."""
     h = img.header
     cb, cs = h.cluster_bits, h.cluster_size
     out: dict[int, np.ndarray] = {}
-    if h.extended_l2:
-        return out  # extended L2 tables are not scanned for yet (docs/recovery.md)
+    l1_like: dict[int, np.ndarray] = {}  # extended L2 images: stale L1 copies are not L2-shaped there
     n_file = len(role)
     for k in range(0, len(clusters), READ_CLUSTERS):
         chunk = clusters[k:k + READ_CLUSTERS]
@@ -83,9 +105,14 @@ def find_candidates(img: Image, clusters: np.ndarray, role: np.ndarray,
             data = img.file.read(c << cb, cs)
             raw[j * cs:j * cs + len(data)] = data
         words = np.frombuffer(bytes(raw), dtype=">u8").astype(np.uint64).reshape(len(chunk), -1)
-        shaped = l2_shaped(words, cluster_bits=cb, file_size=img.file.size, v3=h.version >= 3)
+        if h.extended_l2:
+            shaped = extended_l2_shaped(words, cluster_bits=cb, file_size=img.file.size)
+            for j in np.flatnonzero(~shaped & l1_shaped(words, cluster_bits=cb, file_size=img.file.size)).tolist():
+                l1_like[int(chunk[j]) << cb] = words[j].copy()
+        else:
+            shaped = l2_shaped(words, cluster_bits=cb, file_size=img.file.size, v3=h.version >= 3)
         for j in np.flatnonzero(shaped).tolist():
-            w = words[j]
+            w = words[j, 0::2] if h.extended_l2 else words[j]  # the descriptors
             std = (w != 0) & ((w & T.OFLAG_COMPRESSED) == 0) & ((w & T.L2E_OFFSET_MASK) != 0)
             targets = ((w[std] & T.L2E_OFFSET_MASK) >> np.uint64(cb)).astype(np.int64)
             targets = targets[targets < n_file]
@@ -96,6 +123,10 @@ def find_candidates(img: Image, clusters: np.ndarray, role: np.ndarray,
             out[int(chunk[j]) << cb] = w.copy()
             if len(out) >= MAX_CANDIDATES:
                 return out
+    for off, w in l1_like.items():  # kept when every entry points at a table found (place() tells them apart)
+        targets = (w & T.L1E_OFFSET_MASK)[w != 0].tolist()
+        if all(t in out and t != off for t in targets) and len(out) < MAX_CANDIDATES:
+            out[off] = w
     return out
 
 
@@ -245,7 +276,7 @@ def augment(img: Image, layer, *, snapshot=None, force: bool = False):
     from ..layers.qcow2 import Qcow2Layer
 
     notes: list[str] = []
-    if snapshot is not None or not img.geometry_ok or img.header.extended_l2:
+    if snapshot is not None or not img.geometry_ok:
         return layer, notes
     lay = build_layout(img, journals=False)
     role = lay.role

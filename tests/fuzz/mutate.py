@@ -686,9 +686,10 @@ def run_map(path: Path, tmpdir: Path) -> None:
 
 
 def run_recover(path: Path, tmpdir: Path) -> None:
-    """The sparse output may be as large as the virtual size claims; what it allocates is bounded."""
+    """The sparse output may be as large as the virtual size claims; what it allocates is bounded. --scan:
+    every unreferenced cluster is read as a possible L2 table."""
     out, log = tmpdir / "out.raw", tmpdir / "log.json"
-    code = _cli("recover", str(path), "-o", str(out), "--log", str(log), "--quiet", "--carve-dir",
+    code = _cli("recover", str(path), "-o", str(out), "--log", str(log), "--quiet", "--scan", "--carve-dir",
                 str(tmpdir / "carved"), "--passphrase-file", str(Path(__file__).parent.parent / "corpus" /
                                                                 "passphrase.txt"))
     assert code in (0, 2), code
