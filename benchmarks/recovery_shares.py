@@ -25,7 +25,8 @@ from test_recover_damaged import damage, share  # noqa: E402
 CORPUS = ROOT / "tests" / "corpus" / "images"
 RUNS = [("l1_zeroed", "v3_default"), ("l1_zeroed", "snapshots"), ("l1_zeroed", "draft_dedup"),
         ("l1_zeroed", "combo_zstd_snapshots"), ("l2_zeroed", "snapshots"), ("refcount_table_zeroed", "v3_default"),
-        ("header_damaged", "v3_default"), ("truncated", "compressed_zlib"), ("truncated", "backing_chain")]
+        ("header_damaged", "v3_default"), ("truncated", "compressed_zlib"), ("truncated", "backing_chain"),
+        ("l1_zeroed", "extended_l2"), ("header_damaged", "extended_l2")]
 
 
 def unpack(case: str, dst: Path) -> Path:
