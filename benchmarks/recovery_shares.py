@@ -26,7 +26,8 @@ CORPUS = ROOT / "tests" / "corpus" / "images"
 RUNS = [("l1_zeroed", "v3_default"), ("l1_zeroed", "snapshots"), ("l1_zeroed", "draft_dedup"),
         ("l1_zeroed", "combo_zstd_snapshots"), ("l2_zeroed", "snapshots"), ("refcount_table_zeroed", "v3_default"),
         ("header_damaged", "v3_default"), ("truncated", "compressed_zlib"), ("truncated", "backing_chain"),
-        ("l1_zeroed", "extended_l2"), ("header_damaged", "extended_l2")]
+        ("l1_zeroed", "extended_l2"), ("header_damaged", "extended_l2"), ("cluster_bits_destroyed", "v3_default"),
+        ("cluster_bits_destroyed", "cluster_512")]
 
 
 def unpack(case: str, dst: Path) -> Path:

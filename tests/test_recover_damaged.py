@@ -53,6 +53,8 @@ def damage(kind: str, path: Path) -> None:
         poke(path, h["reft"], bytes(h["cs"]))
     elif kind == "header_damaged":  # magic and version kept; l1_size and l1_table_offset gone
         poke(path, 36, bytes(12))
+    elif kind == "cluster_bits_destroyed":
+        poke(path, 20, bytes(4))
     elif kind == "truncated":
         with open(path, "r+b") as f:
             f.truncate(path.stat().st_size // 2)
@@ -71,6 +73,7 @@ CASES = [
     ("l2_zeroed", "snapshots", 0.5, 0.0),
     ("refcount_table_zeroed", "v3_default", 1.0, 1.0),
     ("header_damaged", "v3_default", 1.0, 0.0),
+    ("cluster_bits_destroyed", "v3_default", 1.0, 0.0),
     ("truncated", "backing_chain", None, None),  # the base layer: checked against qemu map below
 ]
 
@@ -148,6 +151,30 @@ def test_extended_l2_tables_are_found_and_placed(damaged, tmp_path, corpus, case
     # qemu: nothing of the image alone; through the backing file, the base's older bytes where the top's are lost
     assert theirs == 0.0 if case == "extended_l2" else theirs < 1.0
     assert any(s.startswith("carved L2 at 0x") and evidence in s for s in (r.get("source", "") for r in log["ranges"]))
+
+
+@pytest.mark.parametrize("case", ["cluster_512", "cluster_4096", "cluster_2097152", "refcount_bits_1",
+                                  "refcount_bits_64", "extended_l2", "v2_snapshot", "compressed_zstd"])
+@pytest.mark.parametrize("value", [0, 8, 22, 0xFFFFFFFF])
+def test_destroyed_cluster_bits_is_inferred(damaged, tmp_path, case, value):
+    """cluster_bits outside 9..21 (qemu refuses the image): the size the refcounts and offsets agree on."""
+    path, ref = damaged("cluster_bits_destroyed", case)
+    poke(path, 20, struct.pack(">I", value))
+    assert not qemu_convert(path, tmp_path / "qemu.raw")
+    code, out, log, err = recover(path, tmp_path)
+    assert code == 0 and out.read_bytes() == ref.read_bytes()
+    assert f"cluster_bits is {value}, which no qcow2 image can have;" in err
+    assert any("inferred" in n for n in log["notes"])
+
+
+def test_destroyed_cluster_bits_without_refcounts_is_the_headers_error(damaged, tmp_path):
+    """With the refcount table gone too nothing says which size is right: the header's own error, exit 1."""
+    path, _ = damaged("refcount_table_zeroed", "v3_default")
+    poke(path, 20, bytes(4))
+    out = tmp_path / "o.raw"
+    res = run_qforensics("recover", str(path), "-o", str(out), cwd=tmp_path)
+    assert res.returncode == 1 and "cluster_bits" in res.stderr and "inferred" not in res.stderr
+    assert len(res.stderr.splitlines()) == 1 and not out.exists()
 
 
 def test_l2_zeroed_falls_back_to_the_newest_snapshot_and_logs_the_rest(damaged, tmp_path, corpus):

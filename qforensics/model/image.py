@@ -87,9 +87,12 @@ class Image:
     >>> img.header.cluster_size, len(img.snapshots), img.l1_table()[:4]
     """
 
-    def __init__(self, path: str | os.PathLike[str]):
+    def __init__(self, path: str | os.PathLike[str], *, cluster_bits: int | None = None):
+        """``cluster_bits`` replaces the header's (recover's repair view when the field is destroyed:
+        recovery/geometry.py); the file is still never written."""
         self.path = Path(path)
         self.file = FileLayer(path)
+        self._cluster_bits = cluster_bits
         self._last_l1: tuple[tuple[int, int], L1References] | None = None
         self._groups: tuple[int, list[L1Group]] | None = None
         try:
@@ -100,6 +103,8 @@ class Image:
 
     def _open(self) -> None:
         probe = self.file.read(0, HEADER_PROBE)
+        if self._cluster_bits is not None and len(probe) >= 24:
+            probe = probe[:20] + self._cluster_bits.to_bytes(4, "big") + probe[24:]
         if len(probe) < 4 or probe[:4] != MAGIC:
             raise ImageOpenError(f"not a qcow2 image (magic {probe[:4].hex() or 'missing'}, expected 514649fb)",
                                  structure="qcow2 header", offset=0)

@@ -118,6 +118,31 @@ def _snapshot_fallback(img: Image, top, skip_id: str | None):
     return fallback if snaps else None
 
 
+def _open_image(image: str, notes: list[str]) -> Image:
+    """The image; when its header's cluster_bits is unusable but the structures show the real one, the
+    image as if the header said so (the note says what was inferred and why)."""
+    from ..layers.file import FileLayer
+    from ..model.header import MAGIC, MAX_CLUSTER_BITS, MIN_CLUSTER_BITS
+    from ..model.image import HEADER_PROBE
+
+    file = FileLayer(image)
+    try:
+        probe = file.read(0, HEADER_PROBE)
+        stored = int.from_bytes(probe[20:24], "big") if len(probe) >= 24 else MIN_CLUSTER_BITS
+        if probe[:4] != MAGIC or MIN_CLUSTER_BITS <= stored <= MAX_CLUSTER_BITS:
+            return Image(image)
+        from .geometry import infer_cluster_bits
+
+        found = infer_cluster_bits(file, probe)
+    finally:
+        file.close()
+    if found is None:
+        return Image(image)  # the header's own error, as before
+    cb, why = found
+    notes.append(f"qcow2 header: cluster_bits is {stored}, which no qcow2 image can have; {cb} inferred: {why}")
+    return Image(image, cluster_bits=cb)
+
+
 def recover_image(image: str, out: Path, *, passphrase: bytes | None = None, backing_dir: Path | None = None,
                   allow_image_dir: bool = False, snapshot: str | None = None, scan: bool = False,
                   carve_dir: Path | None = None, log_path: Path | None = None,
@@ -125,7 +150,7 @@ def recover_image(image: str, out: Path, *, passphrase: bytes | None = None, bac
     """Recover the guest disk of ``image`` into ``out`` (raw, sparse); see the module docstring."""
     notes: list[str] = []
     opened: list = []
-    with Image(image) as img:
+    with _open_image(image, notes) as img:
         try:
             cipher = _cipher(img, passphrase, notes)
             snap = find_snapshot(img, snapshot) if snapshot else None
