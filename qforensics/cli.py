@@ -157,11 +157,10 @@ def _cmd_map(args: argparse.Namespace) -> int:
                     yield rows
 
             batches = noted(map_rows(layer))
-            chunks = json_chunks(batches) if args.output == "json" else human_chunks(batches, names)
             if args.output == "json":
-                sys.stdout.writelines(chunks)
+                sys.stdout.writelines(json_chunks(batches))
             else:
-                for chunk in chunks:
+                for chunk in human_chunks(batches, names):
                     _show(chunk)
     finally:
         for f in opened:

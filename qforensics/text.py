@@ -9,8 +9,8 @@ string is shown once, where the entry itself is described (``info``).
 A name may also hold terminal control sequences (ESC [2J clears the screen, OSC
 sequences set the window title or write links) or bidirectional overrides that
 make a line read differently than it is stored. Human output and messages pass
-through ``terminal_safe``; JSON escapes them itself, HTML is escaped by its
-templates.
+through ``terminal_safe``, and so does every value the HTML report's template
+prints (report.py); JSON escapes them itself.
 """
 
 from __future__ import annotations

@@ -136,6 +136,18 @@ class Header:
         return getattr(self, f"{group}_features")
 
 
+def stored_cluster_bits(data: bytes) -> int | None:
+    """The header's cluster_bits field as stored, or None when ``data`` is too short to hold it."""
+    at, size = FIELDS["cluster_bits"]
+    return int.from_bytes(data[at:at + size], "big") if len(data) >= at + size else None
+
+
+def with_cluster_bits(data: bytes, cluster_bits: int) -> bytes:
+    """The header's bytes with cluster_bits replaced (recover's repair view when the field is destroyed)."""
+    at, size = FIELDS["cluster_bits"]
+    return data[:at] + cluster_bits.to_bytes(size, "big") + data[at + size:] if len(data) >= at + size else data
+
+
 def parse_header(data: bytes) -> Header:
     """Parse the fixed header from the first bytes of the file (spec "Header").
 

@@ -23,7 +23,8 @@ from . import tables
 from .extensions import (BACKING_FORMAT, BITMAPS, DEDUPLICATION, EXTERNAL_DATA_FILE, FULL_DISK_ENCRYPTION,
                          Extensions, read_extensions)
 from .header import (KAITAI_TO_SPEC, FIELDS, MAGIC, MAX_CLUSTER_BITS, MIN_CLUSTER_BITS, QCOW_CRYPT_LUKS,
-                     QCOW_MAX_L1_SIZE, QCOW_MAX_REFTABLE_SIZE, Header, check_header, feature_names, parse_header)
+                     QCOW_MAX_L1_SIZE, QCOW_MAX_REFTABLE_SIZE, Header, check_header, feature_names, parse_header,
+                     with_cluster_bits)
 from .kaitai import StructureError, decode_name
 from .snapshots import Snapshot, read_snapshots
 
@@ -103,8 +104,8 @@ class Image:
 
     def _open(self) -> None:
         probe = self.file.read(0, HEADER_PROBE)
-        if self._cluster_bits is not None and len(probe) >= 24:
-            probe = probe[:20] + self._cluster_bits.to_bytes(4, "big") + probe[24:]
+        if self._cluster_bits is not None:
+            probe = with_cluster_bits(probe, self._cluster_bits)
         if len(probe) < 4 or probe[:4] != MAGIC:
             raise ImageOpenError(f"not a qcow2 image (magic {probe[:4].hex() or 'missing'}, expected 514649fb)",
                                  structure="qcow2 header", offset=0)

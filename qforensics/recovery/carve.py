@@ -22,7 +22,7 @@ from ..model import Image
 from ..model import tables as T
 from ..paths import refuse_overwrite, safe_component
 from ..checks.compressed import inflate
-from .scan import extended_l2_shaped, l2_shaped, stored_refcounts
+from .scan import stored_refcounts, table_shaped
 
 MAX_FILES = 10_000  # carved files at most; the index says how many runs were left out
 MAX_RUN = 64 << 20  # bytes in one carved file
@@ -42,10 +42,7 @@ def looks_like(img: Image, raw: bytes) -> str:
     if len(raw) < cs:
         raw = raw + bytes(cs - len(raw))
     words = np.frombuffer(raw, dtype=">u8").astype(np.uint64).reshape(1, -1)
-    if h.extended_l2:
-        if extended_l2_shaped(words, cluster_bits=h.cluster_bits, file_size=img.file.size)[0]:
-            return "l2-like"
-    elif l2_shaped(words, cluster_bits=h.cluster_bits, file_size=img.file.size, v3=h.version >= 3)[0]:
+    if table_shaped(img, words)[0]:
         return "l2-like"
     if h.refcount_order >= 3 and _refcount_shaped(T.refcount_block(raw, h.refcount_order)):
         return "refcount-block-like"

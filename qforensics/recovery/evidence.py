@@ -122,20 +122,17 @@ def _open_image(image: str, notes: list[str]) -> Image:
     """The image; when its header's cluster_bits is unusable but the structures show the real one, the
     image as if the header said so (the note says what was inferred and why)."""
     from ..layers.file import FileLayer
-    from ..model.header import MAGIC, MAX_CLUSTER_BITS, MIN_CLUSTER_BITS
+    from ..model.header import MAGIC, MAX_CLUSTER_BITS, MIN_CLUSTER_BITS, stored_cluster_bits
     from ..model.image import HEADER_PROBE
 
-    file = FileLayer(image)
-    try:
+    with FileLayer(image) as file:
         probe = file.read(0, HEADER_PROBE)
-        stored = int.from_bytes(probe[20:24], "big") if len(probe) >= 24 else MIN_CLUSTER_BITS
-        if probe[:4] != MAGIC or MIN_CLUSTER_BITS <= stored <= MAX_CLUSTER_BITS:
+        stored = stored_cluster_bits(probe)
+        if probe[:4] != MAGIC or stored is None or MIN_CLUSTER_BITS <= stored <= MAX_CLUSTER_BITS:
             return Image(image)
         from .geometry import infer_cluster_bits
 
         found = infer_cluster_bits(file, probe)
-    finally:
-        file.close()
     if found is None:
         return Image(image)  # the header's own error, as before
     cb, why = found

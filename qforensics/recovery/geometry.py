@@ -15,36 +15,32 @@ import numpy as np
 
 from ..layers.file import FileLayer
 from ..model import tables as T
-from ..model.header import MAX_CLUSTER_BITS, MIN_CLUSTER_BITS
+from ..model.header import MAX_CLUSTER_BITS, MIN_CLUSTER_BITS, parse_header, with_cluster_bits
+from ..model.kaitai import StructureError
 
 MAX_READ = 64 << 20  # bytes of refcount blocks read per candidate size, at most (a hostile table is skipped)
 TOLERANCE = 0.10  # the in-use clusters must account for the file's allocated bytes within this share
 
 
-def _field(probe: bytes, offset: int, size: int) -> int:
-    return int.from_bytes(probe[offset:offset + size], "big")
-
-
 def infer_cluster_bits(file: FileLayer, probe: bytes) -> tuple[int, str] | None:
     """(cluster_bits, how it was found) for the header bytes ``probe`` of ``file``, or None when no size, or
     more than one, fits the structures."""
-    if len(probe) < 72:
+    try:  # every other field read as the header parser reads it, with any usable size in place
+        h = parse_header(with_cluster_bits(probe, MIN_CLUSTER_BITS))
+    except StructureError:
         return None
-    version = _field(probe, 4, 4)
-    l1_offset, reft_offset = _field(probe, 40, 8), _field(probe, 48, 8)
-    reft_clusters, nb_snapshots, snapshots_offset = _field(probe, 56, 4), _field(probe, 60, 4), _field(probe, 64, 8)
-    refcount_order = _field(probe, 96, 4) if version >= 3 and len(probe) >= 100 else 4
-    if not reft_offset or not reft_clusters or refcount_order > 6:
+    if not h.refcount_table_offset or not h.refcount_table_clusters:
         return None
+    offsets = [o for o in (h.refcount_table_offset, h.l1_table_offset,
+                           h.snapshots_offset if h.nb_snapshots else 0) if o]
     starts, ends = file.data_extents
     allocated = int((ends - starts).sum()) if len(starts) else file.size
     fits: list[tuple[float, int, int]] = []
     for cb in range(MIN_CLUSTER_BITS, MAX_CLUSTER_BITS + 1):
         cs = 1 << cb
-        offsets = [reft_offset, l1_offset] + ([snapshots_offset] if nb_snapshots else [])
-        if any(o % cs or o >= file.size for o in offsets if o) or reft_clusters * cs > file.size:
+        if any(o % cs or o >= file.size for o in offsets) or h.refcount_table_clusters * cs > file.size:
             continue
-        table = T.refcount_table(file.read(reft_offset, reft_clusters * cs))
+        table = T.refcount_table(file.read(h.refcount_table_offset, h.refcount_table_clusters * cs))
         blocks = table[table != 0] & T.REFT_OFFSET_MASK
         if not len(blocks) or len(blocks) * cs > MAX_READ or (blocks % np.uint64(cs)).any() \
                 or (blocks >= np.uint64(file.size)).any():
@@ -52,7 +48,7 @@ def infer_cluster_bits(file: FileLayer, probe: bytes) -> tuple[int, str] | None:
         in_use = 0
         for block in blocks.tolist():
             raw = file.read(block, cs)
-            in_use += int(np.count_nonzero(T.refcount_block(raw, refcount_order)))
+            in_use += int(np.count_nonzero(T.refcount_block(raw, h.refcount_order)))
         score = abs(in_use * cs - allocated) / max(allocated, 1)
         if score <= TOLERANCE:
             fits.append((score, cb, in_use))

@@ -90,6 +90,14 @@ def l1_shaped(words: np.ndarray, *, cluster_bits: int, file_size: int) -> np.nda
     return ok.all(axis=1) & (off != 0).any(axis=1)
 
 
+def table_shaped(img: Image, words: np.ndarray) -> np.ndarray:
+    """Which rows of ``words`` (clusters × 8-byte words) could be L2 tables of ``img``, standard or extended."""
+    h = img.header
+    if h.extended_l2:
+        return extended_l2_shaped(words, cluster_bits=h.cluster_bits, file_size=img.file.size)
+    return l2_shaped(words, cluster_bits=h.cluster_bits, file_size=img.file.size, v3=h.version >= 3)
+
+
 def find_candidates(img: Image, clusters: np.ndarray, role: np.ndarray,
                     refcounts: np.ndarray | None) -> dict[int, np.ndarray]:
     """L2-shaped tables among ``clusters`` (indices), by host offset, with their entries."""
@@ -105,12 +113,11 @@ def find_candidates(img: Image, clusters: np.ndarray, role: np.ndarray,
             data = img.file.read(c << cb, cs)
             raw[j * cs:j * cs + len(data)] = data
         words = np.frombuffer(bytes(raw), dtype=">u8").astype(np.uint64).reshape(len(chunk), -1)
+        shaped = table_shaped(img, words)
         if h.extended_l2:
-            shaped = extended_l2_shaped(words, cluster_bits=cb, file_size=img.file.size)
-            for j in np.flatnonzero(~shaped & l1_shaped(words, cluster_bits=cb, file_size=img.file.size)).tolist():
+            l1ish = np.flatnonzero(~shaped & l1_shaped(words, cluster_bits=cb, file_size=img.file.size))
+            for j in l1ish[:max(0, MAX_CANDIDATES - len(l1_like))].tolist():
                 l1_like[int(chunk[j]) << cb] = words[j].copy()
-        else:
-            shaped = l2_shaped(words, cluster_bits=cb, file_size=img.file.size, v3=h.version >= 3)
         for j in np.flatnonzero(shaped).tolist():
             w = words[j, 0::2] if h.extended_l2 else words[j]  # the descriptors
             std = (w != 0) & ((w & T.OFLAG_COMPRESSED) == 0) & ((w & T.L2E_OFFSET_MASK) != 0)
