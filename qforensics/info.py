@@ -153,7 +153,9 @@ def build_info(img: Image, filename: str) -> dict:
             info["journals"] = [
                 {"offset": a.offset, "found-by": "scan of unreferenced clusters (no pointer exists)",
                  "journal-clusters": [{"offset": j.offset, "entries": len(j.entries), "hash-entries": j.hash_entries,
-                                       "ending": j.ending} for j in a.clusters]}
+                                       "ending": j.ending,
+                                       **({"damaged-entry": j.damaged} if j.damaged is not None else {})}
+                                      for j in a.clusters]}
                 for a in journals
             ]
     info["qemu-would-refuse"] = [f.qemu_message for f in img.refusals]
@@ -267,6 +269,7 @@ def render_human(info: dict) -> str:
         lines += ["", "journals (2013 draft, found by scanning unreferenced clusters):"]
         for a in info["journals"]:
             ends = ", ".join(f"0x{j['offset']:x} {j['hash-entries']} hash entries, {j['ending']}"
+                             + (f" (damaged entry at 0x{j['damaged-entry']:x})" if "damaged-entry" in j else "")
                              for j in a["journal-clusters"])
             lines.append(f"  0x{a['offset']:x}: {ends}")
     if "early-dirty-bitmaps" in info:

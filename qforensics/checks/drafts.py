@@ -106,10 +106,13 @@ def check_dedup(img: Image) -> list[Finding]:
     return out[:MAX_PER_CODE * 5]
 
 
-def walk_journal_cluster(raw: bytes, offset: int) -> tuple[list[Finding], str, int]:
-    """Findings for one 4096-byte journal cluster, how it ends (end, open, empty, broken) and its entry count."""
+def walk_journal_cluster(raw: bytes, offset: int, start: int = 0) -> tuple[list[Finding], str, int]:
+    """Findings for one 4096-byte journal cluster, how it ends (end, open, empty, broken) and its entry count.
+
+    ``start`` is where the walk begins inside the cluster (0, or where the chain resumes past a damaged entry).
+    """
     out: list[Finding] = []
-    pos, count = 0, 0
+    pos, count = start, 0
     where = "journal"
     while pos < JOURNAL_CLUSTER:
         size = raw[pos]
@@ -150,10 +153,17 @@ def check_journals(img: Image, layout: Layout) -> list[Finding]:
     # the layout already scanned the free clusters for journals: re-read only the ones it found
     for area in find_journals(img, layout.clusters_with(Role.JOURNAL)):
         raw = img.file.read(area.offset, cs).ljust(cs, b"\xff")
+        # clusters recognised past a damaged first entry: where their chain resumes
+        resumes = {jc.offset: jc.resumes - jc.offset for jc in area.clusters if jc.resumes is not None}
         stopped_at = None  # where replay stops (first NONE)
         for k in range(cs // JOURNAL_CLUSTER):
             offset = area.offset + k * JOURNAL_CLUSTER
-            findings, ending, count = walk_journal_cluster(raw[k * JOURNAL_CLUSTER:(k + 1) * JOURNAL_CLUSTER], offset)
+            block = raw[k * JOURNAL_CLUSTER:(k + 1) * JOURNAL_CLUSTER]
+            findings, ending, count = walk_journal_cluster(block, offset)  # reports the damaged entry
+            start = resumes.get(offset, 0)
+            if start:  # and the entries after it are checked like any others
+                rest, ending, more = walk_journal_cluster(block, offset, start)
+                findings, count = findings + rest, count + more
             if stopped_at is not None and count:
                 out.append(Finding("journal.missing_end", Severity.WARNING,
                                    f"journal cluster at 0x{offset:x} holds {count} entries, but replay stops at the "
@@ -162,14 +172,14 @@ def check_journals(img: Image, layout: Layout) -> list[Finding]:
                 stopped_at = None
             out += findings
             if ending == "open" and stopped_at is None:
-                stopped_at = offset + _first_none(raw[k * JOURNAL_CLUSTER:(k + 1) * JOURNAL_CLUSTER])
+                stopped_at = offset + _first_none(block, start)
             if ending == "broken":
                 break
     return out
 
 
-def _first_none(raw: bytes) -> int:
-    pos = 0
+def _first_none(raw: bytes, start: int = 0) -> int:
+    pos = start
     while pos < len(raw) - 1 and not (raw[pos] == 0xFF and raw[pos + 1] == TYPE_NONE):
         pos += max(raw[pos], 2)
     return pos
