@@ -170,6 +170,32 @@ def compressed_pair(r: Raw) -> tuple[int, int]:
     return found[0], found[1]
 
 
+def first_unallocated(r: Raw) -> int:
+    """L2 index of the first all-zero entry of L2 table 0."""
+    return next(i for i in range(r.cs // r.esize) if r.l2(i) == 0)
+
+
+def bitmap_entry_padding(r: Raw) -> int:
+    """Offset of the first padding byte after bitmap directory entry 0's name."""
+    entry = r.bitmap_entry(0)
+    end = entry + 24 + r.u32(entry + 20) + struct.unpack_from(">H", r.d, entry + 18)[0]
+    assert end % 8, "entry 0 has no padding"
+    return end
+
+
+def feature_name_padding(r: Raw) -> int:
+    """Offset of a byte in the zero padding after the feature name table's first name."""
+    table = extension(r, 0x6803F857) + 8
+    return table + 2 + len(r.d[table + 2:table + 48].split(b"\0", 1)[0]) + 5
+
+
+def extension_padding(r: Raw, magic: int) -> int:
+    """Offset of the last padding byte after an extension's data (the data's length is not a multiple of 8)."""
+    ext = extension(r, magic)
+    assert r.u32(ext + 4) % 8
+    return ext + 8 + ((r.u32(ext + 4) + 7) & ~7) - 1
+
+
 def first_data(r: Raw) -> tuple[int, int]:
     """(L2 index, host cluster index) of the first allocated standard entry of L2 table 0."""
     i = r.allocated_l2_indices()[0]
@@ -294,8 +320,30 @@ KINDS = [
          lambda r: [(extensions_end(r), r.d[extension(r, 0x6803F857):extensions_end(r)] + be64(0))]),
     Kind("feature_table_partial_entry", "v3_default", "036", ("extension.feature_table_partial_entry",),
          lambda r: [(extension(r, 0x6803F857) + 4, be32(380))]),
-    Kind("feature_table_bit_64", "v3_default", "036", ("extension.unparsable",),
+    Kind("feature_table_bit_64", "v3_default", "036", ("extension.feature_name_bit_invalid",),
          lambda r: [(extension(r, 0x6803F857) + 8 + 1, b"\x40")]),
+    Kind("feature_table_type_3", "v3_default", "spec: feature types 0-2", ("extension.feature_name_type_invalid",),
+         lambda r: [(extension(r, 0x6803F857) + 8 + 48, b"\x03")]),
+    Kind("feature_name_padding", "v3_default", "spec: names padded with zeros",
+         ("extension.feature_name_padding_nonzero",), lambda r: [(feature_name_padding(r), b"X")]),
+    Kind("extension_end_marker_missing", "v3_default", "spec: end of extensions (qemu blind)",
+         ("extension.end_marker_missing",),
+         lambda r: [(extensions_end(r), be32(0x12345678) + be32(r.cs - extensions_end(r) - 8))]),
+    Kind("extension_padding_nonzero", "backing_chain", "spec: extension padding", ("extension.padding_nonzero",),
+         lambda r: [(extension_padding(r, 0xE2792ACA), b"\x01")]),
+    Kind("cluster0_after_extensions", "v3_default", "spec: header cluster (qemu blind)",
+         ("header.cluster0_extra_data",), lambda r: [(0x1000, b"\xaa\xbb")]),
+    Kind("bitmap_entry_padding", "bitmaps", "spec: bitmap directory entry padding", ("bitmap.padding_nonzero",),
+         lambda r: [(bitmap_entry_padding(r), b"\x5a")]),
+    Kind("copied_on_unallocated", "v3_default", "spec: OFLAG_COPIED (qemu blind)", ("l2.copied_unallocated",),
+         lambda r: [(r.l2_entry_at(first_unallocated(r)), be64(1 << 63))]),
+    Kind("data_file_raw_with_backing", "data_file_raw", "spec: data_file_raw (qemu 7.2 opens it)",
+         ("header.data_file_raw_with_backing",),
+         # the backing file named is the data file itself, so qemu opens the chain and checks the image
+         lambda r: [(8, be64(extensions_end(r) + 8) + be32(18)), (extensions_end(r) + 8, b"data_file_raw.data")]),
+    # 8 of the 12 bytes: the walk then reads the last 4 and the padding as an empty unknown extension
+    Kind("dedup_extension_short", "draft_dedup", "draft", ("extension.unparsable",),
+         lambda r: [(extension(r, 0xCD8E819B) + 4, be32(8))]),
     Kind("extension_area_cut_by_eof", "v3_default", "beyond qemu (qemu reads zeros)", ("extension.truncated",),
          lambda r: [], truncate_to=lambda r: 200),
     Kind("no_end_marker_before_backing_name", "backing_chain", "beyond qemu",

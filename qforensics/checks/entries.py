@@ -7,7 +7,12 @@
 - zero bits on unallocated extended entries: legal (the subclusters read as zeros
   over any backing file), reported for information;
 - with an external data file, a host offset that differs from the guest offset
-  (spec "External data file"; qemu only notices at run time).
+  (spec "External data file"; qemu only notices at run time);
+- OFLAG_COPIED (bit 63) on an entry with host offset 0 that is not compressed: an
+  unallocated entry or a zero cluster without allocation. The spec ("Standard Cluster
+  Descriptor") allows offset 0 with bit 63 only with an external data file, where it
+  means host offset 0; qemu reads the entry as unallocated (or ZERO_PLAIN) and its
+  check_oflag_copied looks only at NORMAL and ZERO_ALLOC entries.
 """
 
 from __future__ import annotations
@@ -18,14 +23,43 @@ from ..findings import Finding, Severity
 from ..model import Image
 from ..model import tables as T
 
-MAX_PER_TABLE = 64
+MAX_PER_TABLE = 64  # entries listed per L2 table and code; the rest of the table in one ".more" finding
+MAX_LISTED = 10_000  # findings listed per code in the whole image; past it the rest are only counted
+COPIED_UNALLOCATED = "l2.copied_unallocated"
+# bit 63 set, bit 62 (compressed) clear, host offset 0: what the COPIED rule looks for, in one mask and compare
+_COPIED_NO_OFFSET_MASK = T.OFLAG_COPIED | T.OFLAG_COMPRESSED | T.L2E_OFFSET_MASK
+
+
+class _Listing:
+    """How many findings of each code are listed so far; past MAX_LISTED the rest are counted, never formatted
+    (a hostile image of 512-byte L2 tables would otherwise give a finding per entry of the file)."""
+
+    def __init__(self) -> None:
+        self.listed: dict[str, int] = {}
+        self.dropped: dict[str, int] = {}
+
+    def room(self, code: str) -> int:
+        return max(0, MAX_LISTED - self.listed.get(code, 0))
+
+    def add(self, code: str, k: int) -> None:
+        self.listed[code] = self.listed.get(code, 0) + k
+
+    def drop(self, code: str, k: int) -> None:
+        if k:
+            self.dropped[code] = self.dropped.get(code, 0) + k
+
+    def summaries(self) -> list[Finding]:
+        return [Finding(code + ".more", Severity.INFO, f"{n} more findings of {code} not listed", "report", None,
+                        repeat=n) for code, n in self.dropped.items()]
 
 
 def check_entries(img: Image) -> list[Finding]:
     h = img.header
-    if h.version >= 3 and not h.extended_l2 and not h.has_data_file:
-        return []  # none of these rules can apply: no need to read the L2 tables again
+    # the rules judged table by table; otherwise only the COPIED rule applies (every image without an external
+    # data file), and a batch is judged in one pass, its tables singled out only where an entry breaks it
+    per_table = h.version < 3 or h.extended_l2 or h.has_data_file
     out: list[Finding] = []
+    listing = _Listing()
     seen: set[int] = set()
     for group in img.l1_groups():
         if not group.walked:
@@ -38,13 +72,23 @@ def check_entries(img: Image) -> list[Finding]:
         seen |= new.keys()
         owner = group.owners[0]
         for offsets, desc, bitmap in img.l2_batches(list(new)):
-            for r, l2_offset in enumerate(offsets):
-                out += _l2_rules(img, owner, new[l2_offset], l2_offset, desc[r], None if bitmap is None else bitmap[r])
-    return out
+            if per_table:
+                rows, hits = range(len(offsets)), None
+            else:
+                hits = np.count_nonzero((desc & _COPIED_NO_OFFSET_MASK) == T.OFLAG_COPIED, axis=1)
+                rows = np.flatnonzero(hits).tolist()
+            for k, r in enumerate(rows):
+                if hits is not None and not listing.room(COPIED_UNALLOCATED):
+                    listing.drop(COPIED_UNALLOCATED, int(hits[rows[k:]].sum()))  # counted in bulk, not listed
+                    break
+                l2_offset = offsets[r]
+                out += _l2_rules(img, owner, new[l2_offset], l2_offset, desc[r], None if bitmap is None else bitmap[r],
+                                 listing)
+    return out + listing.summaries()
 
 
 def _l2_rules(img: Image, owner: str, l1_index: int, l2_offset: int, desc: np.ndarray,
-              bitmap: np.ndarray | None) -> list[Finding]:
+              bitmap: np.ndarray | None, listing: _Listing) -> list[Finding]:
     h = img.header
     out: list[Finding] = []
     where = f"{owner} L2 table at 0x{l2_offset:x}"
@@ -54,12 +98,18 @@ def _l2_rules(img: Image, owner: str, l1_index: int, l2_offset: int, desc: np.nd
     zero_flag = ~compressed & ((desc & T.OFLAG_ZERO) != 0)
 
     def report(code: str, severity: Severity, idx: np.ndarray, text) -> None:
-        for i in idx[:MAX_PER_TABLE].tolist():
+        shown = idx[:min(MAX_PER_TABLE, listing.room(code))].tolist()
+        for i in shown:
             guest = (l1_index * h.l2_entries + i) * h.cluster_size
             out.append(Finding(code, severity, text(i), where, l2_offset + i * esize, guest))
-        if len(idx) > MAX_PER_TABLE:
-            out.append(Finding(code + ".more", Severity.INFO, f"{len(idx) - MAX_PER_TABLE} more entries like this",
-                               where, l2_offset))
+        listing.add(code, len(shown))
+        rest = len(idx) - len(shown)
+        if rest and len(shown) == MAX_PER_TABLE and listing.room(code):  # cut by the table's cap: said here
+            out.append(Finding(code + ".more", Severity.INFO, f"{rest} more entries of this table like this ({code}), "
+                               "not listed", where, l2_offset + int(idx[MAX_PER_TABLE]) * esize, repeat=rest))
+            listing.add(code, 1)
+        else:  # past the image's cap: counted in the image's ".more"
+            listing.drop(code, rest)
 
     if h.version < 3:
         report("l2.zero_flag_in_v2", Severity.WARNING, np.nonzero(zero_flag)[0],
@@ -74,6 +124,16 @@ def _l2_rules(img: Image, owner: str, l1_index: int, l2_offset: int, desc: np.nd
         report("l2.unallocated_zero_bits", Severity.INFO, zero_bits,
                lambda i: f"unallocated L2 entry {i} marks subclusters 0x{int(bitmap[i]) >> 32:08x} as reading "
                          "zeros (over any backing file)")
+    if not h.has_data_file:
+        # with a data file, offset 0 with bit 63 is host offset 0 (qcow2_get_cluster_type: NORMAL, or ZERO_ALLOC
+        # in all but name when bit 0 is set too), so the rule applies only without one
+        copied = np.nonzero((desc & _COPIED_NO_OFFSET_MASK) == T.OFLAG_COPIED)[0]
+        report(COPIED_UNALLOCATED, Severity.WARNING, copied,
+               lambda i: f"L2 entry {i} (0x{int(desc[i]):016x}) has OFLAG_COPIED (bit 63) set with host offset 0: "
+                         + ("a zero cluster without allocation" if int(desc[i]) & 1 and bitmap is None
+                            else "an unallocated cluster")
+                         + "; the spec allows offset 0 with bit 63 only with an external data file (bit 63 means "
+                           "a refcount of exactly one, which only an allocated cluster has)")
     if h.has_data_file:
         allocated = ~compressed & ((offsets != 0) | ((desc & T.OFLAG_COPIED) != 0))
         guest = (np.arange(len(desc), dtype=np.uint64) + np.uint64(l1_index * h.l2_entries)) * \

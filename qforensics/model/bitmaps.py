@@ -133,6 +133,7 @@ def read_bitmap_directory(h: Header, read, file_size: int, nb_bitmaps: int, dir_
                    granularity_bits=e.granularity_bits, extra_data_size=e.len_extra_data,
                    name_size=e.len_name)
         bitmaps.append(b)
+        _padding(b, raw, findings)
         why = check_dir_entry(h, b)
         if why:
             corrupt("bitmap.entry_constraints", f"bitmap {_shown(b.name)}: {why}", entry_offset, _qemu_refusal(b))
@@ -150,6 +151,21 @@ def read_bitmap_directory(h: Header, read, file_size: int, nb_bitmaps: int, dir_
     findings = [f if i == first or not f.qemu_message else replace(f, qemu_message=None)
                 for i, f in enumerate(findings)]
     return bitmaps, findings
+
+
+def _padding(b: Bitmap, raw: bytes, findings: list[Finding]) -> None:
+    """Spec "Bitmap directory": the padding to a multiple of 8 after the name: "All bytes of the padding must
+    be zero". bitmap_list_load never looks at it."""
+    start = 24 + b.extra_data_size + b.name_size
+    pad = raw[start:]
+    if not pad.strip(b"\0"):
+        return
+    first = next(i for i, v in enumerate(pad) if v)
+    at = b.entry_offset + start
+    findings.append(Finding("bitmap.padding_nonzero", Severity.WARNING,
+                            f"bitmap {_shown(b.name)}: directory entry padding 0x{at:x}-0x{at + len(pad) - 1:x} after "
+                            f"the name is not zero ({pad.hex()}); the spec says all padding bytes must be zero",
+                            STRUCTURE, at + first))
 
 
 def _qemu_refusal(b: Bitmap) -> str:

@@ -8,6 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from ..findings import Finding, Severity
 from ..formats.qcow2_header import Qcow2Header
 from .header import QCOW_CRYPT_LUKS, Header
@@ -34,6 +36,22 @@ FEATURE_GROUP = {0: "incompatible", 1: "compatible", 2: "autoclear"}
 QCOW2_MAX_BITMAPS = 65535
 QCOW2_MAX_BITMAP_DIRECTORY_SIZE = 1024 * QCOW2_MAX_BITMAPS
 FEATURE_ENTRY_SIZE = 48
+MAX_LISTED = 64  # feature name table entries listed per rule; the rest are counted in one ".more" finding
+
+
+@dataclass(frozen=True)
+class FeatureName:
+    """A feature name table entry read from its bytes (spec "Feature name table"), for a table the generated
+    parser refuses as a whole because one entry's bit number is above 63."""
+
+    feature_type: int
+    bit: int
+    name: bytes
+
+
+@dataclass(frozen=True)
+class FeatureNameTable:
+    entries: list[FeatureName]
 
 
 @dataclass
@@ -83,7 +101,7 @@ class Extensions:
 
 def read_extensions(h: Header, cluster0: bytes) -> Extensions:
     """Walk the extensions from header_length to QEMU's ext_end, never past the bytes given."""
-    out = Extensions()
+    out = Extensions(end_offset=h.header_length)
     end = h.ext_end
     offset = h.header_length
     seen: set[int] = set()
@@ -120,9 +138,26 @@ def read_extensions(h: Header, cluster0: bytes) -> Extensions:
                                         "header extensions", offset))
             break
         _parse_body(ext, h, out.findings)
+        _padding(ext, cluster0, end, out.findings)
         offset += 8 + ((length + 7) & ~7)
         out.end_offset = offset
     return out
+
+
+def _padding(ext: Extension, cluster0: bytes, end: int, findings: list[Finding]) -> None:
+    """The bytes after an extension's data up to the next multiple of 8 (and at most to ``end``: the backing
+    file name may follow unpadded data). The spec does not require them to be zero ("String header
+    extensions": "nor is there a guarantee that zero bytes are used for padding"), and QEMU writes zeros there
+    (qcow2_update_header), so other bytes are only worth knowing: information."""
+    start = ext.data_offset + ext.length
+    pad = cluster0[start:min(ext.data_offset + ((ext.length + 7) & ~7), end)]
+    if not pad.strip(b"\0"):
+        return
+    first = next(i for i, b in enumerate(pad) if b)
+    findings.append(Finding("extension.padding_nonzero", Severity.INFO,
+                            f"{ext.name} extension: padding bytes 0x{start:x}-0x{start + len(pad) - 1:x} after its "
+                            f"{ext.length} bytes of data are not zero ({pad.hex()}); QEMU writes zeros there, the "
+                            "spec does not require them", f"{ext.name} extension", start + first))
 
 
 def _parse_body(ext: Extension, h: Header, findings: list[Finding]) -> None:
@@ -132,8 +167,8 @@ def _parse_body(ext: Extension, h: Header, findings: list[Finding]) -> None:
     def refuse(code: str, message: str, qemu: str) -> None:
         findings.append(Finding(code, Severity.CORRUPTION, message, structure, ext.offset, qemu_message=qemu))
 
-    def note(code: str, severity: Severity, message: str) -> None:
-        findings.append(Finding(code, severity, message, structure, ext.offset))
+    def note(code: str, severity: Severity, message: str, at: int | None = None) -> None:
+        findings.append(Finding(code, severity, message, structure, ext.offset if at is None else at))
 
     try:
         if ext.magic == BACKING_FORMAT:
@@ -148,8 +183,13 @@ def _parse_body(ext: Extension, h: Header, findings: list[Finding]) -> None:
                 note("extension.feature_table_partial_entry", Severity.WARNING,
                      f"feature name table length {ext.length} is not a multiple of 48; "
                      f"the last {ext.length - usable} bytes are ignored")
-            ext.body = parse(Qcow2Header.FeatureNameTable, ext.data[:usable], structure=structure,
-                             offset=ext.data_offset)
+            _feature_name_rules(ext, usable, findings)
+            try:
+                ext.body = parse(Qcow2Header.FeatureNameTable, ext.data[:usable], structure=structure,
+                                 offset=ext.data_offset)
+            except StructureError:  # a bit number above 63 (reported above): keep the other entries
+                rows = [ext.data[i:i + FEATURE_ENTRY_SIZE] for i in range(0, usable, FEATURE_ENTRY_SIZE)]
+                ext.body = FeatureNameTable([FeatureName(r[0], r[1], r[2:]) for r in rows])
         elif ext.magic == FULL_DISK_ENCRYPTION:
             if h.crypt_method != QCOW_CRYPT_LUKS:
                 refuse("extension.crypto_without_luks",
@@ -183,6 +223,45 @@ def _parse_body(ext: Extension, h: Header, findings: list[Finding]) -> None:
         note("extension.unparsable", Severity.CORRUPTION, exc.message)
 
 
+def _feature_name_rules(ext: Extension, usable: int, findings: list[Finding]) -> None:
+    """Each entry's type (0, 1, 2), bit number (0-63) and zero padding after the name (spec "Feature name
+    table": "padded with zeros"), all entries at once. QEMU uses the table only to name unknown incompatible
+    bits in its refusal message and checks none of this."""
+    if usable == 0:
+        return
+    rows = np.frombuffer(ext.data[:usable], dtype=np.uint8).reshape(-1, FEATURE_ENTRY_SIZE)
+    structure = f"{ext.name} extension"
+    base = ext.data_offset
+
+    def report(code: str, bad: np.ndarray, where, text) -> None:
+        idx = np.flatnonzero(bad)
+        for i in idx[:MAX_LISTED].tolist():
+            at = base + i * FEATURE_ENTRY_SIZE + where(i)
+            findings.append(Finding(code, Severity.WARNING, text(i), structure, at))
+        if len(idx) > MAX_LISTED:
+            n = len(idx) - MAX_LISTED
+            findings.append(Finding(code + ".more", Severity.INFO, f"{n} more feature name table entries like this "
+                                    f"({code}), not listed", structure,
+                                    base + int(idx[MAX_LISTED]) * FEATURE_ENTRY_SIZE, repeat=n))
+
+    def name(i: int) -> str:
+        return repr(decode_name(rows[i, 2:].tobytes().split(b"\0", 1)[0]))
+
+    report("extension.feature_name_type_invalid", rows[:, 0] > 2, lambda i: 0,
+           lambda i: f"feature name table entry {i} ({name(i)}): type {rows[i, 0]} is not 0 (incompatible), "
+                     "1 (compatible) or 2 (autoclear)")
+    report("extension.feature_name_bit_invalid", rows[:, 1] > 63, lambda i: 1,
+           lambda i: f"feature name table entry {i} ({name(i)}): bit number {rows[i, 1]} is outside 0-63 (a "
+                     "feature bitmap has 64 bits)")
+    names = rows[:, 2:]
+    zero = names == 0
+    after_nul = np.cumsum(zero, axis=1) > 0  # from the first NUL on: padding, which must be zero
+    stray = after_nul & ~zero
+    report("extension.feature_name_padding_nonzero", stray.any(axis=1), lambda i: 2 + int(np.argmax(stray[i])),
+           lambda i: f"feature name table entry {i} ({name(i)}): the name's padding holds non-zero bytes after its "
+                     f"NUL (from byte {2 + int(np.argmax(stray[i]))} of the entry); the spec pads names with zeros")
+
+
 def _bitmaps_extension(ext: Extension, h: Header, refuse, note) -> None:
     """QEMU's checks of the bitmaps extension, in its order; the 12-byte body is the 2015 draft."""
     if ext.length == 12:
@@ -204,6 +283,10 @@ def _bitmaps_extension(ext: Extension, h: Header, refuse, note) -> None:
         note("extension.bitmaps_autoclear_clear", Severity.WARNING,
              "bitmaps extension present but autoclear bit 0 is clear: a program without bitmap support "
              "modified the image, so every bitmap is inconsistent")
+        if reserved:  # QEMU ignores the extension here and never looks at the field; the spec rule still holds
+            note("extension.bitmaps_reserved", Severity.WARNING,
+                 f"bitmaps extension reserved field (bytes 4-7 of its data) is 0x{reserved:x}; the spec says it "
+                 "must be zero (QEMU checks it only when autoclear bit 0 is set)", at=ext.data_offset + 4)
         ext.body = _try_bitmaps_body(ext)
         return
     if reserved:

@@ -176,7 +176,8 @@ def parse_header(data: bytes) -> Header:
         refcount_order=h.refcount_order if v3 else 4,
         header_length=h.len_header if v3 else V2_HEADER_LENGTH,
         compression_type=int(h.compression_type) if v3 and h.len_header > 104 else 0,
-        padding=h.reserved_compression_padding if v3 and h.len_header > 105 else b"",
+        # the padding runs to header_length, not always to 112: past it the first extension begins
+        padding=h.reserved_compression_padding[:min(h.len_header, 112) - 105] if v3 and h.len_header > 105 else b"",
         parsed=h,
     )
 
@@ -251,7 +252,7 @@ def check_header(h: Header, file_size: int, feature_table: dict[tuple[str, int],
                                 "qcow2: Compression type incompatible feature bit must be set"))
         if h.padding.strip(b"\0"):
             out.append(_warning("header.padding_nonzero", "padding",
-                                f"header padding bytes 105-111 are not zero: {h.padding.hex()}"))
+                                f"header padding bytes 105-{104 + len(h.padding)} are not zero: {h.padding.hex()}"))
     elif h.version >= 3 and h.incompatible_features & (1 << 3):
         out.append(_refusal("header.compression_type_bit_set", "incompatible_features",
                             "incompatible_features bit 3 (compression type) is set but the header has no compression_type",
