@@ -15,8 +15,8 @@ import sys
 from pathlib import Path
 
 from . import __version__
-from .errors import QforensicsError, UsageError
-from .text import terminal_safe
+from .errors import ImageOpenError, QforensicsError, UsageError
+from .text import clip_lines, terminal_safe
 
 # before numpy loads: its BLAS is never used here, and one thread spares starting a pool (~40 ms a run)
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
@@ -25,16 +25,26 @@ from .model import Image  # noqa: E402
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_INCOMPLETE = 2  # recover: some guest ranges are missing
+MAX_LINES_PER_CODE = 5  # checks.MAX_LINES_PER_CODE, for the help text (the checks are imported when check runs)
 
 
 def _say(message: str) -> None:
-    """One line on stderr; image strings in it (names, paths) cannot drive the terminal."""
-    print(terminal_safe(message), file=sys.stderr)
+    """One line on stderr; image strings in it (names, paths) cannot drive the terminal, and it is at most
+    MAX_LINE characters long."""
+    print(clip_lines(terminal_safe(message)), file=sys.stderr)
 
 
 def _show(text: str) -> None:
-    """Human output on stdout, made terminal-safe as _say's (JSON escapes control characters itself)."""
-    sys.stdout.write(terminal_safe(text))
+    """Human output on stdout, made terminal-safe and clipped as _say's (JSON escapes control characters
+    itself)."""
+    sys.stdout.write(clip_lines(terminal_safe(text)))
+
+
+def _say_refusals(image: str, refusals) -> None:
+    """qemu-img's "Could not open" line for each reason, as `qforensics: IMAGE: <qemu's message>`, then where
+    and what in brackets (qemu prints only its first reason; scripts may match the line's start)."""
+    for f in refusals:
+        _say(f"qforensics: {image}: {f.qemu_message} [{f.one_line()}]")
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
@@ -43,9 +53,8 @@ def _cmd_info(args: argparse.Namespace) -> int:
     with Image(args.image) as img:
         info = build_info(img, args.image)
         refusals = img.refusals
+    _say_refusals(args.image, refusals)
     if refusals and not args.force:
-        for f in refusals:
-            _say(f"qforensics: {args.image}: {f.one_line()} (qemu: {f.qemu_message})")
         return EXIT_FAILED
     if args.output == "json":
         sys.stdout.write(json.dumps(info, indent=4) + "\n")
@@ -73,20 +82,38 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 def _cmd_check(args: argparse.Namespace) -> int:
     from . import progress
-    from .checks import check_image, render_human as render_check
+    from .checks import check_image, render_human as render_check, unopened_report
 
     with progress.Progress("check", 2 if args.html else 1,
                            enabled=progress.wanted(args.quiet, args.output == "json")) as bar:
         if args.html:
             with bar.share(1):
                 _write_report(args.image, args.html)
-        with Image(args.image) as img:
-            report = check_image(img)
+        try:
+            with Image(args.image) as img:
+                report = check_image(img, _consent(args), args.image)
+                cluster_size = img.header.cluster_size
+        except ImageOpenError as exc:
+            if exc.qemu_message is None:
+                raise  # not a qcow2 image as qemu would see it either: the one-line error
+            report, cluster_size = unopened_report(exc), 0
     if args.output == "json":
         sys.stdout.write(json.dumps(report.to_json(args.image), indent=4) + "\n")
     else:
-        _show(render_check(report, args.image))
+        _show(render_check(report, args.image, cluster_size, args.verbose))
+    _say_refusals(args.image, report.refusals)
+    if not report.completed and not report.refusals:
+        _say(f"qforensics: {args.image}: {report.failure}")
     return report.exit_code
+
+
+def _consent(args: argparse.Namespace):
+    """The user's consent to open backing and data files, or None when they gave none."""
+    from .layers.chain import Consent
+
+    if not (args.backing_dir or args.allow_image_dir):
+        return None
+    return Consent(Path(args.backing_dir) if args.backing_dir else None, args.allow_image_dir)
 
 
 def _output_path(image: str, output: str) -> Path:
@@ -124,9 +151,9 @@ def _guest_view(img, args: argparse.Namespace, opened: list, cipher=None):
     from .layers.chain import Consent, open_chain
     from .recovery.evidence import find_snapshot
 
-    consent = Consent(Path(args.backing_dir) if args.backing_dir else None, args.allow_image_dir)
+    consent = _consent(args) or Consent()
     snapshot = find_snapshot(img, args.snapshot) if args.snapshot else None
-    return open_chain(img, consent, snapshot=snapshot, cipher=cipher, opened=opened)
+    return open_chain(img, consent, snapshot=snapshot, cipher=cipher, opened=opened, named=args.image)
 
 
 def _cmd_map(args: argparse.Namespace) -> int:
@@ -138,9 +165,8 @@ def _cmd_map(args: argparse.Namespace) -> int:
     try:
         with Image(args.image) as img:
             refusals = img.open_refusals
+            _say_refusals(args.image, refusals)
             if refusals and not args.force:
-                for f in refusals:
-                    _say(f"qforensics: {args.image}: {f.one_line()} (qemu: {f.qemu_message})")
                 return EXIT_FAILED
             layer = _guest_view(img, args, opened)
             names, at = [], layer
@@ -245,6 +271,11 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--output", choices=("human", "json"), default="human")
     check.add_argument("--html", metavar="REPORT.html", help="also write the HTML audit report")
     check.add_argument("--quiet", action="store_true", help="no progress bar on stderr")
+    check.add_argument("--verbose", action="store_true", help="every finding on its own line (human output "
+                       f"folds runs over consecutive clusters and shows at most {MAX_LINES_PER_CODE} lines a code)")
+    check.add_argument("--backing-dir", metavar="DIR", help="open the backing chain and data file (only inside DIR) "
+                       "as qemu-img check does, and give its verdict when one cannot be opened")
+    check.add_argument("--allow-image-dir", action="store_true", help="the same, from the image's own folder")
     check.set_defaults(func=_cmd_check)
     report = sub.add_parser("report", help="write the HTML audit report (self-contained, safe to hand over)")
     report.add_argument("image")
@@ -290,7 +321,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except QforensicsError as exc:
-        _say(f"qforensics: {args.image}: {exc}")
+        qemu = getattr(exc, "qemu_message", None)  # a chain that cannot be opened: qemu-img's own words first
+        _say(f"qforensics: {args.image}: {qemu} [{exc}]" if qemu else f"qforensics: {args.image}: {exc}")
         return EXIT_FAILED
     except KeyboardInterrupt:
         return 130

@@ -15,11 +15,17 @@ class QforensicsError(Exception):
 class ImageOpenError(QforensicsError):
     """The file cannot be modelled as qcow2 at all (not found, not qcow2, header unreadable)."""
 
-    def __init__(self, message: str, *, structure: str = "file", offset: int | None = None):
+    def __init__(self, message: str, *, structure: str = "file", offset: int | None = None, code: str | None = None,
+                 qemu_message: str | None = None):
+        """``code`` and ``qemu_message`` (what qemu-img says after "Could not open 'X': ") when QEMU refuses the
+        file as a qcow2 image for the same reason; None for a file qemu would not take for qcow2 at all."""
         where = structure if offset is None else f"{structure} at 0x{offset:x}"
         super().__init__(f"{where}: {message}")
+        self.message = message
         self.structure = structure
         self.offset = offset
+        self.code = code
+        self.qemu_message = qemu_message
 
 
 class UsageError(QforensicsError):

@@ -6,10 +6,12 @@ only render lists of findings.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from enum import StrEnum
 
-MAX_MESSAGE = 4096  # characters a message may have; longer ones are clipped (see Finding.__post_init__)
+MAX_MESSAGE = 900  # characters a message may have; longer ones are clipped (see Finding.__post_init__), so that
+# a finding's line stays under text.MAX_LINE in human output and JSON
 
 
 class Severity(StrEnum):
@@ -74,3 +76,58 @@ def clip_message(message: str, limit: int = MAX_MESSAGE) -> str:
         return message
     tail = f"… ({len(message)} characters)"
     return message[:max(limit - len(tail), 0)] + tail
+
+
+_NUMBER = re.compile(r"0x[0-9a-f]+|\d+")
+
+
+@dataclass(frozen=True, slots=True)
+class Run:
+    """Neighbouring findings of one code that differ only in numbers stepping evenly (consecutive clusters,
+    consecutive entries of one table): one line for a terminal user. ``text`` is the first finding's
+    ``structure: message`` with each number that varies written as ``first-last``."""
+
+    first: Finding
+    count: int  # faults the run stands for (the findings' repeats added up)
+    findings: int  # findings in it
+    host_end: int | None  # the last finding's host offset
+    step: int | None  # host offset step: the cluster size, an entry's size, 0 (one structure), None (no offsets)
+    text: str
+
+
+def runs(findings: list[Finding], cluster_size: int) -> list[Run]:
+    """``findings`` in order, each stretch of neighbours folded into one Run: same code and severity, texts
+    equal but for their numbers, every number and the host offset stepping by the same amount each time
+    (at most a cluster), so that ``first-last`` ranges say exactly what the findings said."""
+    out: list[Run] = []
+    i, n = 0, len(findings)
+    while i < n:
+        f = findings[i]
+        text = f"{f.structure}: {f.message}"
+        skeleton, nums = _NUMBER.sub("#", text), _NUMBER.findall(text)
+        j, step, deltas = i + 1, None, None
+        while j < n:
+            g = findings[j]
+            if g.code != f.code or g.severity != f.severity or (g.host_offset is None) != (f.host_offset is None):
+                break
+            gtext = f"{g.structure}: {g.message}"
+            if _NUMBER.sub("#", gtext) != skeleton:
+                break
+            gnums = _NUMBER.findall(gtext)
+            prev = _NUMBER.findall(f"{findings[j - 1].structure}: {findings[j - 1].message}")
+            d = [int(b, 0) - int(a, 0) for a, b in zip(prev, gnums)]
+            s = None if g.host_offset is None else g.host_offset - findings[j - 1].host_offset
+            if (s is not None and not 0 <= s <= cluster_size) or (deltas is not None and (d != deltas or s != step)):
+                break
+            step, deltas = s, d
+            j += 1
+        last = findings[j - 1]
+        if j - i == 1:
+            out.append(Run(f, f.repeat, 1, f.host_offset, None, text))
+        else:
+            lnums = _NUMBER.findall(f"{last.structure}: {last.message}")
+            parts = iter(a if a == b else f"{a}-{b}" for a, b in zip(nums, lnums))
+            out.append(Run(f, sum(x.repeat for x in findings[i:j]), j - i, last.host_offset, step,
+                           _NUMBER.sub(lambda _: next(parts), text)))
+        i = j
+    return out

@@ -15,6 +15,8 @@ prints (report.py); JSON escapes them itself.
 
 from __future__ import annotations
 
+import re
+
 MAX_SHOWN = 64  # characters of an image string kept in owner names and labels
 
 
@@ -51,4 +53,25 @@ def terminal_safe(text: str) -> str:
     return text.translate(_ESCAPES)
 
 
-__all__ = ["MAX_SHOWN", "clip", "terminal_safe"]
+MAX_LINE = 1000  # characters of one printed line (human output and stderr), escapes included
+
+
+def clip_lines(text: str, limit: int = MAX_LINE) -> str:
+    r"""``text`` with every line longer than ``limit`` characters cut to ``limit``, ending with an ellipsis
+    and the line's length: the backstop for what clipping the image strings did not bound (qemu's messages,
+    kept whole, or a long name shown where its entry is described).
+
+    >>> clip_lines("ab\n" + "x" * 30, 20)
+    'ab\nxxx… (30 characters)'
+    """
+    if len(text) <= limit:
+        return text
+
+    def cut(m: re.Match) -> str:
+        tail = f"… ({len(m.group())} characters)"
+        return m.group()[:limit - len(tail)] + tail
+
+    return re.sub(r"[^\n]{%d,}" % (limit + 1), cut, text)
+
+
+__all__ = ["MAX_LINE", "MAX_SHOWN", "clip", "clip_lines", "terminal_safe"]

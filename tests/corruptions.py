@@ -344,6 +344,9 @@ KINDS = [
     # 8 of the 12 bytes: the walk then reads the last 4 and the padding as an empty unknown extension
     Kind("dedup_extension_short", "draft_dedup", "draft", ("extension.unparsable",),
          lambda r: [(extension(r, 0xCD8E819B) + 4, be32(8))]),
+    # a NUL and 3 more bytes after the name: QEMU reads the name up to the NUL, and still opens the backing file
+    Kind("backing_name_nul", "backing_chain", "spec: backing file name (C string in qemu)", ("header.name_nul",),
+         lambda r: [(16, be32(r.u32(16) + 4)), (r.u64(8) + r.u32(16), b"\0xyz")]),
     Kind("extension_area_cut_by_eof", "v3_default", "beyond qemu (qemu reads zeros)", ("extension.truncated",),
          lambda r: [], truncate_to=lambda r: 200),
     Kind("no_end_marker_before_backing_name", "backing_chain", "beyond qemu",

@@ -16,7 +16,7 @@ from test_header_refusals import find_extension
 from qforensics import open_image
 from qforensics.checks import check_image
 from qforensics.findings import MAX_MESSAGE, Finding, Severity, clip_message
-from qforensics.text import clip
+from qforensics.text import MAX_LINE, clip
 
 # corrupted images with many findings of different shapes (offsets, guest offsets, qemu_check, repeats)
 JSON_KINDS = ["reftable_zeroed", "two_guests_one_host", "l2_entry_into_l1", "snapshot_l1_unaligned",
@@ -83,7 +83,11 @@ def test_long_image_string_is_clipped_but_qemu_message_is_whole(corpus, tmp_path
     message = refusals[0].message  # the name is clipped where it is written into the message
     assert message == f"bitmap {clip('n' * 0xFFFF)}: name_size 65535 exceeds 1023"
     ours = run_qforensics("info", path.name, cwd=tmp_path)
-    assert ours.returncode == 1 and f"(qemu: {qemu})" in ours.stderr
+    # stderr carries qemu's line, clipped to MAX_LINE characters (the JSON below keeps it whole)
+    (line,) = ours.stderr.splitlines()
+    full = f"qforensics: {path.name}: {qemu}"
+    assert ours.returncode == 1 and len(line) == MAX_LINE
+    assert line.startswith(full[:MAX_LINE - 30]) and line.endswith(" characters)")
     forced = run_qforensics("info", "--force", "--output", "json", path.name, cwd=tmp_path)
     shown = json.loads(forced.stdout)["findings"]
     assert all(len(f["message"]) <= MAX_MESSAGE for f in shown)

@@ -58,6 +58,7 @@ POKES = [
     Poke("cluster_bits_22", "v3_default", "header.cluster_bits_unsupported", "cluster_bits",
          lambda d: [(20, be("I", 22))]),
     Poke("cluster_bits_8", "v3_default", None, "cluster_bits", lambda d: [(20, be("I", 8))]),
+    Poke("version_4", "v3_default", None, "version", lambda d: [(4, be("I", 4))]),
     Poke("header_length_huge", "v3_default", "header.header_length_exceeds_cluster", "header_length",
          lambda d: [(100, be("I", 0xFFFFFFF8))]),
     Poke("header_length_short", "v3_default", None, "header_length", lambda d: [(100, be("I", 96))]),
@@ -205,4 +206,5 @@ def test_refusal_matches_qemu(corpus, tmp_path, poke):
         refusals = img.refusals
     assert poke.code in [f.code for f in refusals]
     assert refusals[0].qemu_message == qemu_reason, [f.qemu_message for f in refusals]
-    assert f"(qemu: {qemu_reason})" in ours.stderr
+    # qemu's own line first (as `qemu-img: Could not open 'X': <reason>` reads), then where and what
+    assert lines[0].startswith(f"qforensics: {path.name}: {qemu_reason} ["), lines

@@ -39,7 +39,7 @@ def test_info_matches_qemu(corpus, case, name):
         # qemu refuses this image (a draft layout): we refuse it for the same stated reason
         reason = qemu.stderr.strip().split(f"Could not open '{path.name}': ", 1)[-1]
         assert res.returncode == 1 and res.stdout == ""
-        assert f"(qemu: {reason})" in res.stderr
+        assert res.stderr.startswith(f"qforensics: {path.name}: {reason} [")
         forced = json.loads(run_info(path, "--force").stdout)
         assert forced["qemu-would-refuse"] == [reason]
         return

@@ -126,7 +126,8 @@ def test_luks_header_verdict_matches_qemu(corpus, tmp_path, name):
     assert refusals == [qemu], refusals  # qemu stops at its first reason: one line carries its message
     assert ours.returncode == 1 and ours.stdout == ""
     lines = ours.stderr.strip().splitlines()
-    assert any(f"(qemu: {qemu})" in line and "LUKS header at 0x" in line for line in lines), lines
+    assert any(line.startswith(f"qforensics: {path.name}: {qemu} [") and "LUKS header at 0x" in line
+               for line in lines), lines
     assert all(len(f.message) < 400 for f in luks_findings)
     forced = run_qforensics("info", "--force", path.name, cwd=tmp_path)
     assert forced.returncode == 0 and "Traceback" not in forced.stderr

@@ -10,9 +10,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 from .. import progress
-from ..findings import Finding, Severity
+from ..errors import ImageOpenError
+from ..findings import Finding, Run, Severity, runs
 from ..model import Image
+from ..layers.chain import ChainError, Consent, open_chain
 from ..layout import claim_l2_batch, finish_layout, start_layout
+from ..text import clip
 from .compressed import check_compressed
 from .drafts import check_dedup, check_draft_bitmaps, check_journals, explain_qemu_leaks
 from .entries import check_entries
@@ -28,19 +31,38 @@ CHECK_STAGES = {"refcounts and L2 tables": 75, "compressed clusters": 10, "overl
 
 @dataclass
 class CheckReport:
-    """Everything `qforensics check` found, and qemu-img check's numbers."""
+    """Everything `qforensics check` found, and qemu-img check's numbers.
+
+    ``refusals`` are the reasons `qemu-img check` cannot open the image (check mode, and with consent the
+    backing chain and data file); ``unestablished`` says why qemu's verdict could not be established here
+    at all (a backing file qforensics may not or cannot open). Either way, and when qemu's check itself
+    fails (``stats.check_failed``), qemu prints no numbers, and neither does ``to_json``.
+    """
 
     findings: list[Finding]
     stats: Stats
     refusals: list[Finding] = field(default_factory=list)
+    unestablished: str | None = None
 
     def count(self, counter: str) -> int:
         return sum(f.repeat for f in self.findings if f.qemu_counts == counter)
 
     @property
+    def completed(self) -> bool:
+        """qemu-img check would open the image, run to the end and print its numbers."""
+        return not (self.refusals or self.unestablished or self.stats.check_failed)
+
+    @property
+    def failure(self) -> str | None:
+        """Why qemu-img check gives no numbers, in qemu's words where it has them."""
+        if self.refusals:
+            return f"Could not open the image: {self.refusals[0].qemu_message}"
+        return self.unestablished or self.stats.check_failed
+
+    @property
     def exit_code(self) -> int:
         """qemu-img check's: 1 when it would fail (open refused, internal errors), else 2, 3 or 0."""
-        if self.refusals or self.count("check-errors"):
+        if self.refusals or self.unestablished or self.count("check-errors"):
             return EXIT_FAILED
         if self.count("corruptions"):
             return EXIT_CORRUPT
@@ -49,38 +71,86 @@ class CheckReport:
         return EXIT_CLEAN
 
     def to_json(self, filename: str) -> dict:
-        """qemu-img check's keys, always present (qemu omits zeros), then ours."""
+        """qemu-img check's keys, always present when its check completes (qemu omits zeros), then ours.
+
+        When it does not (``completed`` false) qemu prints no JSON at all: the counters are left out rather
+        than given as zeros beside the findings, and ``qemu-check-failure`` says why.
+        """
         s = self.stats
-        return {
-            "filename": filename,
-            "format": "qcow2",
-            "check-errors": self.count("check-errors"),
-            "corruptions": self.count("corruptions"),
-            "leaks": self.count("leaks"),
-            "image-end-offset": s.image_end_offset,
-            "total-clusters": s.total_clusters,
-            "allocated-clusters": s.allocated_clusters,
-            "fragmented-clusters": s.fragmented_clusters,
-            "compressed-clusters": s.compressed_clusters,
-            "qemu-would-refuse": [f.qemu_message for f in self.refusals],
-            "findings": [f.to_json() for f in self.findings],
-        }
+        doc = {"filename": filename, "format": "qcow2", "qemu-check-completed": self.completed}
+        if self.completed:
+            doc.update({
+                "check-errors": self.count("check-errors"),
+                "corruptions": self.count("corruptions"),
+                "leaks": self.count("leaks"),
+                "image-end-offset": s.image_end_offset,
+                "total-clusters": s.total_clusters,
+                "allocated-clusters": s.allocated_clusters,
+                "fragmented-clusters": s.fragmented_clusters,
+                "compressed-clusters": s.compressed_clusters,
+            })
+        else:
+            doc["qemu-check-failure"] = self.failure
+        doc["qemu-would-refuse"] = [f.qemu_message for f in self.refusals]
+        doc["findings"] = [f.to_json() for f in self.findings]
+        return doc
 
 
-def check_image(img: Image) -> CheckReport:
+def check_image(img: Image, consent: Consent | None = None, named: str | None = None) -> CheckReport:
     """Run every check family on an opened image.
 
     When QEMU could not open the image, its counters stay empty: the refcount
     findings are kept, without the qemu-img check lines qemu never printed.
+    With ``consent`` the backing chain and external data file are opened as
+    `qemu-img check` opens them (``named``: the image as the user named it, for
+    qemu's messages); without it they are not, and an info finding says so.
     Progress goes to the current progress bar, if any (qforensics.progress).
     """
     with progress.task(total=sum(CHECK_STAGES.values())) as p:
-        return _check_image(img, p)
+        report = _check_image(img, p)
+    if img.backing_file or img.header.has_data_file:
+        _check_chain(img, report, consent, named)
+    return report
+
+
+def unopened_report(exc: ImageOpenError) -> CheckReport:
+    """The report on a header the model cannot read at all, which QEMU refuses for the same reason
+    (``exc.qemu_message``): one finding, and qemu's verdict that it cannot open the image."""
+    f = Finding(exc.code, Severity.CORRUPTION, exc.message, exc.structure, exc.offset,
+                qemu_message=exc.qemu_message)
+    return CheckReport([f], Stats(), [f])
+
+
+def _check_chain(img: Image, report: CheckReport, consent: Consent | None, named: str | None) -> None:
+    """qemu-img check opens the chain and data file before it checks; their failures are its verdict."""
+    names = ([f"backing file {clip(img.backing_file)!r}"] if img.backing_file else []) + (
+        [f"external data file {clip(img.data_file)!r}"] if img.data_file else [])
+    if consent is None:
+        report.findings.append(Finding(
+            "check.chain_not_opened", Severity.INFO,
+            f"the {' and the '.join(names) or 'external data file'} were not opened (no --backing-dir or "
+            "--allow-image-dir): this verdict covers the image's own metadata; qemu-img check also fails when "
+            "one of them is missing or cannot be opened", "backing chain"))
+        return
+    if report.refusals:
+        return  # qemu stops at the image's own refusal before it opens anything below
+    opened: list = []
+    try:
+        open_chain(img, consent, opened=opened, named=named)
+    except ChainError as exc:
+        f = Finding(exc.code, Severity.WARNING, str(exc), "backing chain", qemu_message=exc.qemu_message)
+        report.findings.append(f)
+        if exc.qemu_message is not None:
+            report.refusals.append(f)
+        else:
+            report.unestablished = f"qemu-img check's verdict is not known: {exc}"
+    finally:
+        for f in opened:
+            f.close()
 
 
 def _check_image(img: Image, p) -> CheckReport:
-    # check mode skips the snapshot table at open (BDRV_O_CHECK); qcow2_check_read_snapshot_table judges it
-    refusals = [f for f in img.open_refusals if not f.code.startswith(("snapshot.", "header.snapshot_table"))]
+    refusals = img.check_refusals
     if not img.geometry_ok:
         findings = img.findings + [Finding("check.geometry_unusable", Severity.CORRUPTION,
                                            f"cluster_bits {img.header.cluster_bits} makes the tables unreadable; "
@@ -115,8 +185,13 @@ def _check_image(img: Image, p) -> CheckReport:
     return CheckReport(img.findings + findings, stats, refusals)
 
 
-def render_human(report: CheckReport, filename: str) -> str:
-    """Findings grouped by severity, offsets in hex, then qemu-img check's summary lines."""
+MAX_LINES_PER_CODE = 5  # lines of one finding code in human output, unless verbose
+
+
+def render_human(report: CheckReport, filename: str, cluster_size: int = 0, verbose: bool = False) -> str:
+    """Findings grouped by severity, runs of one code over consecutive clusters or entries on one line, at
+    most MAX_LINES_PER_CODE lines a code unless ``verbose``; then qemu-img check's summary lines, or, when
+    its check would not complete, why (never its "No errors were found" then)."""
     lines = [f"image: {filename}"]
     if report.refusals:
         lines.append("QEMU would refuse to open this image:")
@@ -125,12 +200,54 @@ def render_human(report: CheckReport, filename: str) -> str:
         group = [f for f in report.findings if f.severity == severity]
         if not group:
             continue
-        lines.append(f"\n{severity.upper()} ({len(group)}):")
-        for f in group:
-            at = "" if f.host_offset is None else f" at 0x{f.host_offset:x}"
-            lines.append(f"  {f.code}: {f.structure}{at}: {f.message}")
-    c, lk, e = report.count("corruptions"), report.count("leaks"), report.count("check-errors")
+        lines.append(f"\n{severity.upper()} ({sum(f.repeat for f in group)}):")
+        shown: dict[str, int] = {}
+        hidden: dict[str, list[int]] = {}
+        for run in (runs(group, cluster_size) if not verbose else [Run(f, f.repeat, 1, f.host_offset, None, "")
+                                                                     for f in group]):
+            code = run.first.code
+            if not verbose and shown.get(code, 0) >= MAX_LINES_PER_CODE:
+                hidden.setdefault(code, [0, 0])
+                hidden[code][0] += 1
+                hidden[code][1] += run.count
+                continue
+            shown[code] = shown.get(code, 0) + 1
+            f = run.first
+            if run.findings == 1:
+                at = "" if f.host_offset is None or f.structure.endswith(f"at 0x{f.host_offset:x}") \
+                    else f" at 0x{f.host_offset:x}"
+                lines.append(f"  {code}: {f.structure}{at}: {f.message}")
+            else:
+                lines.append(f"  {code}: {_span(run, cluster_size)}: {run.text}")
+        lines += [f"  {code}: {n} more lines ({k} faults) not shown; --verbose shows every one"
+                  for code, (n, k) in hidden.items()]
     lines.append("")
+    if report.completed:
+        lines += _qemu_summary(report)
+    elif report.refusals:
+        lines.append("qemu-img check would not check this image: it cannot open it, prints no counts and exits 1.")
+    else:
+        lines.append(f"qemu-img check would not complete: {report.failure}; it prints no counts and exits 1.")
+    by = {sev: sum(f.repeat for f in report.findings if f.severity == sev) for sev in Severity}
+    lines.append("qforensics findings: " + (", ".join(f"{n} {sev}" for sev, n in by.items() if n) or "none"))
+    return "\n".join(lines) + "\n"
+
+
+def _span(run, cluster_size: int) -> str:
+    """How many findings a run folds and where they lie: a host range over consecutive clusters or entries."""
+    f = run.first
+    unit = "clusters" if run.step == cluster_size else "entries" if run.step in (8, 16) else "findings"
+    if f.host_offset is None:
+        return f"{run.findings} {unit}"
+    if not run.step:
+        return f"{run.findings} {unit} at 0x{f.host_offset:x}"
+    return f"{run.findings} {unit}, 0x{f.host_offset:x}-0x{run.host_end:x}"
+
+
+def _qemu_summary(report: CheckReport) -> list[str]:
+    """qemu-img check's own closing lines (qemu-img.c check_image's human output)."""
+    lines = []
+    c, lk, e = report.count("corruptions"), report.count("leaks"), report.count("check-errors")
     if not (c or lk or e):
         lines.append("No errors were found on the image.")
     if c:
@@ -148,7 +265,7 @@ def render_human(report: CheckReport, filename: str) -> str:
                      f"{s.compressed_clusters * 100 / s.allocated_clusters:.2f}% compressed clusters")
     if s.image_end_offset:
         lines.append(f"Image end offset: {s.image_end_offset}")
-    return "\n".join(lines) + "\n"
+    return lines
 
 
-__all__ = ["CheckReport", "check_image", "render_human"]
+__all__ = ["CheckReport", "check_image", "render_human", "unopened_report"]

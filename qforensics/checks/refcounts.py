@@ -70,6 +70,8 @@ class Stats:
     fragmented_clusters: int = 0
     compressed_clusters: int = 0
     image_end_offset: int = 0
+    # qemu-img's "Check failed: <strerror>" when qcow2_co_check_locked itself fails: it then prints no numbers
+    check_failed: str | None = None
 
 
 @dataclass
@@ -693,16 +695,19 @@ def _check_snapshot_table(run: _Run) -> bool:
         run.add("snapshot.table_too_large", Severity.CORRUPTION, f"nb_snapshots {h.nb_snapshots} exceeds "
                 f"{QCOW_MAX_SNAPSHOTS}", "snapshot table", h.snapshots_offset, "ERROR snapshot table too large",
                 counts="check-errors")
+        run.stats.check_failed = "Check failed: File too large"  # qcow2_validate_table: -EFBIG
         return False
     if _table_offset_invalid(h.snapshots_offset, h.nb_snapshots * 40, run.cs):
         run.add("snapshot.table_offset_invalid", Severity.CORRUPTION, f"snapshots_offset 0x{h.snapshots_offset:x} "
                 "is invalid", "snapshot table", h.snapshots_offset, "ERROR snapshot table offset invalid",
                 counts="check-errors")
+        run.stats.check_failed = "Check failed: Invalid argument"  # -EINVAL
         return False
     for f in img.findings:
-        if f.code == "snapshot.extra_data_too_large":
+        if f.code in ("snapshot.extra_data_too_large", "snapshot.table_too_big"):
             run.add(f.code, Severity.CORRUPTION, f.message, f.structure, f.host_offset,
                     f"ERROR failed to read the snapshot table: {f.qemu_message}", counts="check-errors")
+            run.stats.check_failed = "Check failed: File too large"  # qcow2_do_read_snapshots: -EFBIG
             return False
     for s in img.snapshots:
         if h.version >= 3 and s.extra_data_size < 16:

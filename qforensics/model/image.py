@@ -43,6 +43,17 @@ MAX_L1_WALK = 1 << 23
 # inside the file are at most the file, so only tables at unaligned offsets (which overlap one another, up
 # to cluster_size / 512 of them per cluster: 12 GB for a 100 MB file) go past it
 L2_WALK_SLACK = 32 << 20
+# qcow2_do_open in check mode (BDRV_O_CHECK, how `qemu-img check` opens): an empty refcount table is allowed
+# (the check counts every reference as a corruption) and the snapshot table is neither validated nor read
+# (qcow2_check_read_snapshot_table judges it during the check, which then fails instead)
+# header fields the generated parser refuses (their ksy `valid`), with QEMU's refusal for the same value
+PARSE_REFUSALS = {
+    "cluster_bits": ("header.cluster_bits_unsupported", "Unsupported cluster size: 2^{}"),
+    "header_length": ("header.header_length_too_short", "qcow2 header too short"),
+    "refcount_order": ("header.refcount_order_too_large",
+                       "Reference count entry width too large; may not exceed 64 bits"),
+}
+CHECK_MODE_ACCEPTS = ("header.refcount_table_missing", "header.snapshot_table", "snapshot.")
 
 
 @dataclass
@@ -81,6 +92,27 @@ class Unreadable:
         return False
 
 
+def c_string(raw: bytes) -> str:
+    """A name as QEMU reads it: a C string, ending at the first NUL byte."""
+    return decode_name(raw.split(b"\0", 1)[0])
+
+
+def name_findings(raw: bytes, what: str, offset: int) -> list[Finding]:
+    """A name stored with a NUL byte inside it: QEMU reads only what comes before (spec: names are not
+    NUL-terminated), so the bytes after it are invisible to QEMU."""
+    cut = raw.find(b"\0")
+    if cut < 0:
+        return []
+    rest = raw[cut:].strip(b"\0")
+    seen = f"QEMU reads it as {clip(c_string(raw))!r}" if cut else "QEMU reads an empty name"
+    if what == "backing file name" and not cut:
+        seen += " and opens no backing file"
+    return [Finding("header.name_nul", Severity.WARNING,
+                    f"the {what} ({len(raw)} bytes) holds a NUL byte at byte {cut}: {seen}"
+                    + (f"; {len(rest)} non-zero bytes follow it, which QEMU never reads" if rest else ""),
+                    what, offset + cut)]
+
+
 class Image:
     """A qcow2 image opened read-only.
 
@@ -111,16 +143,22 @@ class Image:
                                  structure="qcow2 header", offset=0)
         version = int.from_bytes(probe[4:8], "big")
         if version not in (2, 3):
+            # qemu probes a version below 2 as another format (1: qcow); from 4 on it is qcow2's refusal
             raise ImageOpenError(f"version is {version}; qcow2 has versions 2 and 3"
                                  + (" (version 1 is the older qcow format)" if version == 1 else ""),
-                                 structure="qcow2 header", offset=FIELDS["version"][0])
+                                 structure="qcow2 header", offset=FIELDS["version"][0],
+                                 code="header.version_unsupported" if version > 3 else None,
+                                 qemu_message=f"Unsupported qcow2 version {version}" if version > 3 else None)
         try:
             self.header: Header = parse_header(probe)
         except StructureError as exc:
             spec = KAITAI_TO_SPEC.get(exc.field or "", exc.field)
             offset = FIELDS.get(spec or "", (0, 0))[0]
             message = exc.message.replace(exc.field, spec) if exc.field and spec else exc.message
-            raise ImageOpenError(message, structure="qcow2 header", offset=offset) from None
+            value = int.from_bytes(probe[offset:offset + 4], "big") if spec in PARSE_REFUSALS else 0
+            code, qemu = PARSE_REFUSALS.get(spec or "", (None, None))
+            raise ImageOpenError(message, structure="qcow2 header", offset=offset, code=code,
+                                 qemu_message=qemu.format(value) if qemu else None) from None
         h = self.header
         self.geometry_ok = MIN_CLUSTER_BITS <= h.cluster_bits <= MAX_CLUSTER_BITS
         self.cluster0 = probe if not self.geometry_ok else self.file.read(0, min(h.cluster_size, MAX_CLUSTER0_READ))
@@ -147,6 +185,16 @@ class Image:
                                               "incompatible_features bit 2 (external data file)", "qcow2 header",
                                               FIELDS["autoclear_features"][0],
                                               qemu_message="data-file-raw requires a data file", qemu_io_only=True))
+        if h.backing_file_offset:
+            raw = self.file.read(h.backing_file_offset, min(h.backing_file_size, 1023, MAX_CLUSTER0_READ))
+            self._backing_name = c_string(raw)
+            self.open_findings += name_findings(raw, "backing file name", h.backing_file_offset)
+        else:
+            self._backing_name = None
+        for magic, what in ((BACKING_FORMAT, "backing file format name"), (EXTERNAL_DATA_FILE, "external data file name")):
+            ext = self.extensions.first(magic)
+            if ext is not None:
+                self.open_findings += name_findings(ext.data, what, ext.data_offset)
 
     # -- small structures ---------------------------------------------------------------------------------
 
@@ -170,28 +218,31 @@ class Image:
         return [f for f in self.findings if f.refused_by_qemu]
 
     @property
+    def check_refusals(self) -> list[Finding]:
+        """Findings for which `qemu-img check` cannot open the image (check mode: CHECK_MODE_ACCEPTS are not)."""
+        return [f for f in self.open_refusals if not f.code.startswith(CHECK_MODE_ACCEPTS)]
+
+    @property
     def feature_names(self) -> dict[tuple[str, int], str]:
         return feature_names(self.feature_table)
 
-    @cached_property
+    @property
     def backing_file(self) -> str | None:
-        """The backing file name as written in the image (never opened here)."""
-        h = self.header
-        if not h.backing_file_offset:
-            return None
-        raw = self.file.read(h.backing_file_offset, min(h.backing_file_size, 1023, MAX_CLUSTER0_READ))
-        return decode_name(raw)
+        """The backing file name as QEMU reads it: up to its first NUL byte, None when that leaves nothing
+        (QEMU then opens no backing file). Never opened here."""
+        return self._backing_name or None
 
     @cached_property
     def backing_format(self) -> str | None:
         ext = self.extensions.first(BACKING_FORMAT)
-        return decode_name(ext.data) if ext is not None else None
+        return c_string(ext.data) if ext is not None else None
 
     @cached_property
     def data_file(self) -> str | None:
-        """The external data file name from its extension (never opened here)."""
+        """The external data file name from its extension, up to its first NUL as QEMU reads it (never opened
+        here)."""
         ext = self.extensions.first(EXTERNAL_DATA_FILE)
-        return decode_name(ext.data) if ext is not None else None
+        return c_string(ext.data) if ext is not None else None
 
     @cached_property
     def _snapshots(self) -> tuple[list[Snapshot], list[Finding]]:
