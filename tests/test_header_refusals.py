@@ -76,6 +76,12 @@ POKES = [
          "incompatible_features",
          # rename the table's entry for incompatible bit 1 to bit 40, then set bit 40
          lambda d: [(72, be("Q", 1 << 40)), (find_extension(d, 0x6803F857) + 8 + 48 + 1, b"\x28")]),
+    # qemu walks the table in order (the first entry naming a bit wins) and shifts by the bit number mod 64
+    Poke("unknown_incompatible_bit_named_twice", "v3_default", "header.incompatible_feature_unknown",
+         "incompatible_features", lambda d: [(72, be("Q", 1 << 40)), (find_extension(d, 0x6803F857) + 8 + 1, b"\x28"),
+                                             (find_extension(d, 0x6803F857) + 8 + 48 + 1, b"\x28")]),
+    Poke("unknown_incompatible_bit_wrapped", "v3_default", "header.incompatible_feature_unknown",
+         "incompatible_features", lambda d: [(72, be("Q", 1 << 5)), (find_extension(d, 0x6803F857) + 8 + 1, b"\x45")]),
     Poke("subcluster_too_small", "cluster_4096", "header.subcluster_size_unsupported", "incompatible_features",
          lambda d: [(72, be("Q", 1 << 4))]),
     Poke("refcount_order_7", "v3_default", None, "refcount_order", lambda d: [(96, be("I", 7))]),

@@ -87,6 +87,21 @@ class Extensions:
     def first(self, magic: int) -> Extension | None:
         return next((e for e in self.items if e.magic == magic), None)
 
+    def qemu_feature_entries(self) -> list[tuple[int, int, bytes]]:
+        """The feature name table as QEMU walks it for its refusal message (report_unsupported_feature):
+        (type, bit, name) of the last table extension's entries, in order, up to the first with an empty
+        name; a partial last entry reads on into zeros (qcow2_read_extensions allocates zeroed room)."""
+        tables = [e for e in self.items if e.magic == FEATURE_NAME_TABLE]
+        if not tables:
+            return []
+        data, out = tables[-1].data, []
+        for i in range(0, len(data), FEATURE_ENTRY_SIZE):
+            row = data[i:i + FEATURE_ENTRY_SIZE].ljust(FEATURE_ENTRY_SIZE, b"\0")
+            if not row[2]:
+                break
+            out.append((row[0], row[1], row[2:].split(b"\0", 1)[0]))
+        return out
+
     def feature_table(self) -> dict[tuple[str, int], str]:
         ext = self.first(FEATURE_NAME_TABLE)
         if ext is None or ext.body is None:

@@ -195,22 +195,24 @@ def feature_names(table: dict[tuple[str, int], str]) -> dict[tuple[str, int], st
     return {**KNOWN_FEATURES, **table}
 
 
-def unsupported_features_message(h: Header, table: dict[tuple[str, int], str]) -> str | None:
-    """QEMU's text for unknown incompatible bits (report_unsupported_feature), or None."""
+def unsupported_features_message(h: Header, entries: list[tuple[int, int, bytes]]) -> str | None:
+    """QEMU's text for unknown incompatible bits (report_unsupported_feature), or None. ``entries`` are the
+    feature name table's (type, bit, name) as QEMU walks them (Extensions.qemu_feature_entries): the first
+    entry naming a bit wins, and QEMU shifts 1 by the bit number as the processor does, modulo 64."""
     unknown = h.incompatible_features & ~KNOWN_MASKS["incompatible"]
     if not unknown:
         return None
     parts = []
-    for (group, bit), name in table.items():
-        if group == "incompatible" and unknown & (1 << bit):
-            parts.append(name)
-            unknown &= ~(1 << bit)
+    for kind, bit, name in entries:
+        if kind == 0 and unknown & (1 << (bit % 64)):
+            parts.append(name[:46].decode("utf-8", errors="backslashreplace"))
+            unknown &= ~(1 << (bit % 64))
     if unknown:
         parts.append(f"Unknown incompatible feature: {unknown:x}")
     return "Unsupported qcow2 feature(s): " + ", ".join(parts)
 
 
-def check_header(h: Header, file_size: int, feature_table: dict[tuple[str, int], str]) -> list[Finding]:
+def check_header(h: Header, file_size: int, feature_entries: list[tuple[int, int, bytes]]) -> list[Finding]:
     """Every condition of the fixed header that makes QEMU refuse to open, plus spec violations it lets pass.
 
     Reference: block/qcow2.c qcow2_do_open (QEMU 7.2), in its order.
@@ -257,7 +259,7 @@ def check_header(h: Header, file_size: int, feature_table: dict[tuple[str, int],
         out.append(_refusal("header.compression_type_bit_set", "incompatible_features",
                             "incompatible_features bit 3 (compression type) is set but the header has no compression_type",
                             "qcow2: Compression type incompatible feature bit must not be set"))
-    unsupported = unsupported_features_message(h, feature_table)
+    unsupported = unsupported_features_message(h, feature_entries)
     if unsupported:
         bits = h.incompatible_features & ~KNOWN_MASKS["incompatible"]
         out.append(_refusal("header.incompatible_feature_unknown", "incompatible_features",

@@ -164,7 +164,7 @@ class Image:
         self.cluster0 = probe if not self.geometry_ok else self.file.read(0, min(h.cluster_size, MAX_CLUSTER0_READ))
         self.extensions: Extensions = read_extensions(h, self.cluster0)
         self.feature_table = self.extensions.feature_table()
-        self.open_findings: list[Finding] = check_header(h, self.file.size, self.feature_table)
+        self.open_findings: list[Finding] = check_header(h, self.file.size, self.extensions.qemu_feature_entries())
         self.open_findings += self.extensions.findings
         if h.crypt_method == QCOW_CRYPT_LUKS and self.extensions.first(FULL_DISK_ENCRYPTION) is None:
             self.open_findings.append(Finding("header.crypto_header_missing", Severity.CORRUPTION,
