@@ -254,9 +254,11 @@ def _qemu_summary(report: CheckReport) -> list[str]:
         lines.append(f"{c} errors were found on the image.\nData may be corrupted, or further writes to the image "
                      "may corrupt it.")
     if lk:
+        lines += [""] if c else []  # qemu starts each of these blocks with a blank line
         lines.append(f"{lk} leaked clusters were found on the image.\nThis means waste of disk space, but no harm "
                      "to data.")
     if e:
+        lines += [""] if c or lk else []
         lines.append(f"{e} internal errors have occurred during the check.")
     s = report.stats
     if s.total_clusters and s.allocated_clusters:
