@@ -149,10 +149,10 @@ def _cmd_graph(args: argparse.Namespace) -> int:
 def _guest_view(img, args: argparse.Namespace, opened: list, cipher=None):
     """The image's guest view (snapshot, backing chain, data file) as the user's consent allows."""
     from .layers.chain import Consent, open_chain
-    from .recovery.evidence import find_snapshot
+    from .model.snapshots import find_snapshot
 
     consent = _consent(args) or Consent()
-    snapshot = find_snapshot(img, args.snapshot) if args.snapshot else None
+    snapshot = find_snapshot(img.snapshots, args.snapshot) if args.snapshot else None
     return open_chain(img, consent, snapshot=snapshot, cipher=cipher, opened=opened, named=args.image)
 
 

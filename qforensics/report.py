@@ -40,7 +40,7 @@ from .checks import check_image
 from .findings import Severity
 from .graph import build_graph, summarize
 from .info import build_info
-from .layers.file import seek_extents
+from .evidence.file import seek_extents
 from .layout import Role
 from .model import Image
 from .text import terminal_safe

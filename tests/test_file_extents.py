@@ -11,8 +11,8 @@ import subprocess
 import pytest
 from conftest import image_path
 
-from qforensics.layers import file as file_layer
-from qforensics.layers.file import FileLayer, seek_extents
+from qforensics.evidence import file as file_layer
+from qforensics.evidence.file import FileLayer, seek_extents
 from qforensics.report import data_extents
 
 MIB = 1 << 20

@@ -24,7 +24,7 @@ from test_header_refusals import POKES, find_extension, poked_copy
 from qforensics import open_image
 from qforensics.checks import check_image
 from qforensics.info import build_info
-from qforensics.layers.file import FileLayer
+from qforensics.evidence.file import FileLayer
 from qforensics.model import Unreadable
 
 HOSTILE = {

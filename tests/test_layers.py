@@ -5,7 +5,9 @@ from __future__ import annotations
 import numpy as np
 
 from conftest import image_path, qemu_img
-from qforensics.layers import Consent, FileLayer, Kind, open_chain
+from qforensics.evidence.file import FileLayer
+from qforensics.layers.chain import Consent, open_chain
+from qforensics.layers.extent import Kind
 from qforensics.model import Image
 
 

@@ -16,7 +16,7 @@ from conftest import qemu_img
 
 import qforensics.recovery.output as rec
 import qforensics.recovery.recover as recover
-from qforensics.layers.file import FileLayer
+from qforensics.evidence.file import FileLayer
 from qforensics.recovery.evidence import recover_image
 from qforensics.report import sha256_file as sha256
 

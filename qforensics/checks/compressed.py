@@ -10,34 +10,12 @@ Reference: block/qcow2-threads.c qcow2_zlib_decompress, qcow2_zstd_decompress.
 
 from __future__ import annotations
 
-import sys
-import zlib
-
 import numpy as np
 
 from ..findings import Finding, Severity
 from ..layout import Layout
 from ..model import Image
-
-if sys.version_info >= (3, 14):
-    from compression import zstd
-else:
-    from backports import zstd
-
-
-def inflate(raw: bytes, cluster_size: int, algorithm: int) -> tuple[bytes, int, str | None]:
-    """(output, bytes consumed, error) for one stream; output is at most one cluster."""
-    try:
-        if algorithm == 0:
-            d = zlib.decompressobj(-12)
-            out = d.decompress(raw, cluster_size)
-            return out, len(raw) - len(d.unconsumed_tail) - len(d.unused_data), None
-        d = zstd.ZstdDecompressor()
-        out = d.decompress(raw, max_length=cluster_size)
-        consumed = len(raw) - len(d.unused_data) if d.eof else len(raw)
-        return out, consumed, None
-    except (zlib.error, zstd.ZstdError, ValueError) as exc:
-        return b"", 0, str(exc)
+from ..model.compressed import inflate
 
 
 MAX_INFLATED = 256 << 20  # total output inflated per image; the streams past it are not inflated

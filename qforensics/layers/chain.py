@@ -1,5 +1,5 @@
-"""The backing chain: raw layers, opening backing and data files with the user's consent, and
-resolving a guest range through the chain to the layer that provides each byte.
+"""The backing chain: opening backing and data files with the user's consent (the stack they form is
+walked by ``stack.resolve``; a raw backing file is a ``raw.RawLayer``).
 
 A file name written in an image is data. It is opened only inside a folder
 the user named (``--backing-dir``), or the image's own folder when the user
@@ -12,17 +12,16 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from ..errors import QforensicsError
+from ..evidence.file import FileLayer
 from ..model import Image
+from ..paths import resolve_inside
 from ..text import clip
-from .extent import Extent, Kind, Runs
-from .file import FileLayer
+from .qcow2 import Qcow2Layer
+from .raw import RawLayer
 
 MAX_CHAIN = 64  # layers; QEMU has no fixed limit, a deeper chain is taken as hostile
 
@@ -57,104 +56,6 @@ QEMU_FORMATS = frozenset("blkdebug blklogwrites blkverify bochs cloop compress c
                          "snapshot-access ssh throttle vdi vhdx vmdk vpc vvfat".split())
 
 
-class RawLayer:
-    """A raw image (backing file of format raw): guest offset = file offset; holes read as zeros."""
-
-    def __init__(self, file: FileLayer, name: str | None = None):
-        self.file = file
-        self.name = name or str(file.path)
-        self.size = file.size
-        self.backing = None
-        self.encrypted = False
-        self.cipher = None
-
-    def extents(self, start: int, end: int) -> Iterator[Extent]:
-        end = min(end, self.size)
-        pos = start
-        for lo, hi in self.file.data_runs(start, end):
-            if lo > pos:
-                yield Extent(pos, lo - pos, Kind.RAW_HOLE, pos)
-            yield Extent(lo, hi - lo, Kind.RAW_DATA, lo)
-            pos = hi
-        if pos < end:
-            yield Extent(pos, end - pos, Kind.RAW_HOLE, pos)
-
-    def runs(self, start: int, end: int) -> Iterator[Runs]:
-        rows = list(self.extents(start, end))
-        if rows:
-            yield Runs([e.start for e in rows], [e.length for e in rows], [e.kind for e in rows],
-                       [e.host for e in rows], [0] * len(rows))
-
-    def read_raw(self, offset: int, length: int) -> bytes:
-        raw = self.file.read(offset, length)
-        return raw + bytes(length - len(raw))
-
-    def read(self, offset: int, length: int) -> bytes:
-        return read_guest(self, offset, length)
-
-
-FALLS_THROUGH = (Kind.UNALLOCATED, Kind.UNALLOCATED_ALLOC)
-
-
-def resolve(layer, start: int, end: int, depth: int = 0) -> Iterator[tuple[int, object, Runs]]:
-    """Batches of guest runs of [start, end), each with the layer that provides it and its depth (0 = the
-    top image), as QEMU's get_block_status walks the chain: unallocated runs fall to the backing file; past
-    a shorter backing file they read zeros at the layer above."""
-    below = layer.backing
-    for batch in layer.runs(start, end):
-        if below is None:
-            yield depth, layer, batch
-            continue
-        falls = np.flatnonzero(np.isin(batch.kind, FALLS_THROUGH)).tolist()
-        pos = 0
-        for row in falls:
-            if row > pos:
-                yield depth, layer, batch.take(pos, row)
-            s = int(batch.start[row])
-            e = s + int(batch.length[row])
-            cut = min(e, below.size)
-            if s < cut:
-                yield from resolve(below, s, cut, depth + 1)
-            if e > cut:
-                yield depth, layer, batch.take(row, row + 1).clip(max(s, cut), e)
-            pos = row + 1
-        if pos < len(batch):
-            yield depth, layer, batch.take(pos, len(batch))
-
-
-ZERO_KINDS = (Kind.UNALLOCATED, Kind.UNALLOCATED_ALLOC, Kind.ZERO_PLAIN, Kind.ZERO_ALLOC, Kind.RAW_HOLE)
-
-
-def read_run(layer, ext: Extent, offset: int, length: int) -> bytes | None:
-    """Bytes [offset, offset+length) inside one run of ``layer``; None when they cannot be read (INVALID,
-    or a compressed cluster that does not decompress)."""
-    k = ext.kind
-    if k in ZERO_KINDS:
-        return bytes(length)
-    if k == Kind.RAW_DATA:
-        return layer.read_raw(offset, length)
-    if k == Kind.NORMAL:
-        return layer.read_normal(offset, ext.host + (offset - ext.start), length)
-    if k == Kind.COMPRESSED:
-        data, _, _ = layer.compressed_cluster(ext.entry)
-        if data is None:
-            return None
-        at = offset % layer.cs
-        return data[at:at + length]
-    return None
-
-
-def read_guest(layer, offset: int, length: int) -> bytes:
-    """Guest bytes through the chain; unreadable runs come back as zeros (recover logs them)."""
-    end = min(offset + length, layer.size)
-    parts = []
-    for _, owner, batch in resolve(layer, offset, end):
-        for ext in batch.rows():
-            data = read_run(owner, ext, ext.start, ext.length)
-            parts.append(data if data is not None else bytes(ext.length))
-    return b"".join(parts)
-
-
 @dataclass
 class Consent:
     """Where the user allows backing and data files to be opened from."""
@@ -175,8 +76,6 @@ def _resolve_name(consent: Consent, image: Path, name: str, what: str, named: st
     which file it could not open in those terms, so its message is rebuilt the same way: ``named`` is the
     image as qemu names it, and the name qemu gives the file is returned with its path.
     """
-    from ..paths import resolve_inside
-
     folder = consent.folder_for(image)
     if folder is None:
         raise ChainError(f"the {what} {clip(name)!r} is not opened without --backing-dir (or --allow-image-dir "
@@ -213,8 +112,6 @@ def open_chain(img: Image, consent: Consent, *, snapshot=None, cipher=None, open
     ChainError, with qemu's message where qemu-img would fail the same way; ``named`` is the image's name as
     the user gave it (qemu's messages name the files below it relative to that).
     """
-    from .qcow2 import Qcow2Layer
-
     opened = [] if opened is None else opened
     seen = set() if seen is None else seen
     seen.add(img.path.resolve())

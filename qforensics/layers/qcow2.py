@@ -18,10 +18,12 @@ from functools import cached_property
 import numpy as np
 
 from ..errors import ImageOpenError
+from ..evidence.file import FileLayer
 from ..model import Image, Unreadable
 from ..model import tables as T
+from ..model.compressed import inflate
 from .extent import Extent, Kind, Runs
-from .file import FileLayer
+from .stack import read_guest
 
 BATCH_UNITS = 1 << 18  # units classified at a time
 MAX_GUEST = 1 << 62  # guest bytes looked at: a hostile size beyond this fits no file system anyway
@@ -100,8 +102,6 @@ def inflate_cluster(raw: bytes, cluster_size: int, algorithm: int) -> tuple[byte
     """One compressed cluster, as QEMU requires it: the stream must fill exactly one cluster
     (block/qcow2-threads.c qcow2_zlib_decompress / qcow2_zstd_decompress). Returns (cluster or None,
     why not, what did inflate: the salvage of a damaged or cut stream)."""
-    from ..checks.compressed import inflate
-
     data, _, error = inflate(raw, cluster_size, algorithm)
     if error is not None:
         return None, f"does not decompress ({error})", b""
@@ -341,6 +341,4 @@ class Qcow2Layer:
 
     def read(self, offset: int, length: int) -> bytes:
         """Guest bytes [offset, offset+length), through the backing chain; reads past the size are empty."""
-        from .chain import read_guest
-
         return read_guest(self, offset, length)

@@ -17,7 +17,7 @@ import numpy as np
 
 from ..errors import ImageOpenError
 from ..findings import Finding, Severity
-from ..layers.file import FileLayer
+from ..evidence.file import FileLayer
 from ..text import clip
 from . import tables
 from .extensions import (BACKING_FORMAT, BITMAPS, DEDUPLICATION, EXTERNAL_DATA_FILE, FULL_DISK_ENCRYPTION,

@@ -8,6 +8,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
+from ..errors import UsageError
 from ..findings import Finding, Severity
 from .header import QCOW_MAX_SNAPSHOTS, QCOW_SNAPSHOT_HEADER_SIZE, Header
 from .kaitai import decode_name
@@ -138,3 +139,31 @@ def _entry(data: bytes, pos: int) -> tuple | None:
     size = QCOW_SNAPSHOT_HEADER_SIZE + fields[8] + fields[2] + fields[3]
     end = pos + size + (8 - size % 8) % 8
     return None if end > len(data) else (*fields, end)
+
+
+MAX_FALLBACK_SNAPSHOTS = 64  # the newest distinct snapshot L1 tables recover consults for a damaged range
+
+
+def find_snapshot(snapshots: list[Snapshot], wanted: str) -> Snapshot:
+    """The snapshot named by ``wanted``: its id first, then its name (as qemu-img's -l does)."""
+    for key in ("id", "name"):
+        hits = [s for s in snapshots if getattr(s, key) == wanted]
+        if hits:
+            return hits[0]
+    names = ", ".join(f"{s.id} ({s.name})" for s in snapshots) or "none"
+    raise UsageError(f"snapshot table: no snapshot with id or name {wanted!r} (snapshots: {names})")
+
+
+def distinct_snapshots(snapshots: list[Snapshot], skip_id: str | None = None,
+                       limit: int = MAX_FALLBACK_SNAPSHOTS) -> list[Snapshot]:
+    """The newest snapshots with distinct L1 tables (same offset and size: one view), at most ``limit``."""
+    out, seen = [], set()
+    for snap in reversed(snapshots):
+        key = (snap.l1_table_offset, snap.l1_size)
+        if snap.id == skip_id or key in seen:
+            continue
+        seen.add(key)
+        out.append(snap)
+        if len(out) >= limit:
+            break
+    return out

@@ -21,7 +21,7 @@ from ..layout import Role, build_layout
 from ..model import Image
 from ..model import tables as T
 from ..paths import refuse_overwrite, safe_component
-from ..checks.compressed import inflate
+from ..model.compressed import inflate
 from .scan import stored_refcounts, table_shaped
 
 MAX_FILES = 10_000  # carved files at most; the index says how many runs were left out

@@ -18,9 +18,12 @@ from pathlib import Path
 
 from .. import __version__
 from ..errors import QforensicsError, UsageError
-from ..layers.chain import Consent, open_chain, read_run
+from ..evidence.file import FileLayer
+from ..layers.chain import Consent, open_chain
 from ..layers.extent import Kind
+from ..layers.stack import read_run
 from ..model import Image
+from ..model.snapshots import distinct_snapshots, find_snapshot
 from ..paths import refuse_overwrite
 from .recover import Recovery, recover
 
@@ -29,16 +32,6 @@ from .recover import Recovery, recover
 class RecoverResult:
     recovery: Recovery
     notes: list[str] = field(default_factory=list)  # one-line remarks for stderr (and the log)
-
-
-def find_snapshot(img: Image, wanted: str):
-    """The snapshot named by ``wanted``: its id first, then its name (as qemu-img's -l does)."""
-    for key in ("id", "name"):
-        hits = [s for s in img.snapshots if getattr(s, key) == wanted]
-        if hits:
-            return hits[0]
-    names = ", ".join(f"{s.id} ({s.name})" for s in img.snapshots) or "none"
-    raise UsageError(f"snapshot table: no snapshot with id or name {wanted!r} (snapshots: {names})")
 
 
 def _cipher(img: Image, passphrase: bytes | None, notes: list[str]):
@@ -60,29 +53,12 @@ def _cipher(img: Image, passphrase: bytes | None, notes: list[str]):
     return cipher
 
 
-MAX_FALLBACK_SNAPSHOTS = 64  # the newest distinct snapshot L1 tables consulted for a damaged range
-
-
-def distinct_snapshots(img: Image, skip_id: str | None = None, limit: int = MAX_FALLBACK_SNAPSHOTS) -> list:
-    """The newest snapshots with distinct L1 tables (same offset and size: one view), at most ``limit``."""
-    out, seen = [], set()
-    for snap in reversed(img.snapshots):
-        key = (snap.l1_table_offset, snap.l1_size)
-        if snap.id == skip_id or key in seen:
-            continue
-        seen.add(key)
-        out.append(snap)
-        if len(out) >= limit:
-            break
-    return out
-
-
 def _snapshot_fallback(img: Image, top, skip_id: str | None):
     """fallback(start, end) for `recover`: the runs of [start, end) that some snapshot's L1 maps. Views are
     made when first needed (an intact image never pays for them)."""
     from ..layers.qcow2 import Qcow2Layer
 
-    snaps = distinct_snapshots(img, skip_id)
+    snaps = distinct_snapshots(img.snapshots, skip_id)
     views: dict[str, Qcow2Layer] = {}
 
     def view(snap) -> Qcow2Layer:
@@ -121,7 +97,6 @@ def _snapshot_fallback(img: Image, top, skip_id: str | None):
 def _open_image(image: str, notes: list[str]) -> Image:
     """The image; when its header's cluster_bits is unusable but the structures show the real one, the
     image as if the header said so (the note says what was inferred and why)."""
-    from ..layers.file import FileLayer
     from ..model.header import MAGIC, MAX_CLUSTER_BITS, MIN_CLUSTER_BITS, stored_cluster_bits
     from ..model.image import HEADER_PROBE
 
@@ -150,7 +125,7 @@ def recover_image(image: str, out: Path, *, passphrase: bytes | None = None, bac
     with _open_image(image, notes) as img:
         try:
             cipher = _cipher(img, passphrase, notes)
-            snap = find_snapshot(img, snapshot) if snapshot else None
+            snap = find_snapshot(img.snapshots, snapshot) if snapshot else None
             layer = open_chain(img, Consent(backing_dir, allow_image_dir), snapshot=snap, cipher=cipher,
                                opened=opened)
             inputs = [img.path] + [Path(f.path) for f in opened]

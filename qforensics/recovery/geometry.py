@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..layers.file import FileLayer
+from ..evidence.file import FileLayer
 from ..model import tables as T
 from ..model.header import MAX_CLUSTER_BITS, MIN_CLUSTER_BITS, parse_header, with_cluster_bits
 from ..model.kaitai import StructureError

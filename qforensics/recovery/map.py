@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 
 import numpy as np
 
-from ..layers.chain import resolve
+from ..layers.stack import resolve
 from ..layers.extent import BLOCK_STATUS, Kind, Runs
 
 OFFSET_KINDS = (Kind.NORMAL, Kind.ZERO_ALLOC, Kind.UNALLOCATED_ALLOC, Kind.RAW_DATA, Kind.RAW_HOLE)
@@ -25,27 +24,6 @@ DATA = np.array([BLOCK_STATUS[Kind(k)][0] for k in range(_N)])
 ZERO = np.array([BLOCK_STATUS[Kind(k)][1] for k in range(_N)])
 PRESENT = np.array([BLOCK_STATUS[Kind(k)][2] for k in range(_N)])
 HAS_OFFSET = np.array([Kind(k) in OFFSET_KINDS for k in range(_N)])
-
-
-@dataclass
-class MapEntry:
-    start: int
-    length: int
-    depth: int
-    present: bool
-    zero: bool
-    data: bool
-    offset: int | None = None
-    unreadable: str | None = None  # QEMU stops here with EIO; the reason
-
-    def to_json(self) -> dict:
-        out = {"start": self.start, "length": self.length, "depth": self.depth, "present": self.present,
-               "zero": self.zero, "data": self.data}
-        if self.offset is not None:
-            out["offset"] = self.offset
-        if self.unreadable:
-            out["unreadable"] = self.unreadable
-        return out
 
 
 class _Rows:
@@ -172,15 +150,6 @@ def map_rows(layer) -> Iterator[_Rows]:
         yield carry
 
 
-def guest_map(layer) -> Iterator[MapEntry]:
-    """The merged map as MapEntry objects."""
-    for rows in map_rows(layer):
-        for i, (s, n, d, p, z, a, o) in enumerate(zip(
-                rows.start.tolist(), rows.length.tolist(), rows.depth.tolist(), rows.present.tolist(),
-                rows.zero.tolist(), rows.data.tolist(), rows.offset.tolist(), strict=True)):
-            yield MapEntry(s, n, d, p, z, a, o if o >= 0 else None, rows.reasons.get(i))
-
-
 _FLAGS = {(p << 2) | (z << 1) | d: f'"present": {"true" if p else "false"}, "zero": {"true" if z else "false"}, '
                                    f'"data": {"true" if d else "false"}'
           for p in (0, 1) for z in (0, 1) for d in (0, 1)}
@@ -236,7 +205,3 @@ def human_chunks(batches: Iterable[_Rows], names: list[str]) -> Iterator[str]:
             lines[i] = (f"0x{int(rows.start[i]):<16x}0x{int(rows.length[i]):<16x}{d:<7}{'UNREADABLE':<12}"
                         f"{where:<18}{name[d]}\n    {why}\n")
         yield "".join(lines)
-
-
-def render_human(layer, names: list[str]) -> str:
-    return "".join(human_chunks(map_rows(layer), names))

@@ -22,7 +22,8 @@ from pathlib import Path
 import numpy as np
 
 from .. import progress
-from ..layers.chain import ZERO_KINDS, RawLayer, resolve
+from ..layers.raw import RawLayer
+from ..layers.stack import ZERO_KINDS, resolve
 from ..layers.extent import Extent, Kind, Runs
 from .output import Writer
 

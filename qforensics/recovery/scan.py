@@ -26,6 +26,7 @@ from ..layout import Role, build_layout
 from ..model import Image, Unreadable
 from ..model import tables as T
 from ..model.refcounts import stored_refcounts as model_refcounts
+from ..model.snapshots import distinct_snapshots
 from ..layers.extent import Kind
 
 READ_CLUSTERS = 256  # clusters read at a time while scanning
@@ -164,11 +165,9 @@ def place(img: Image, candidates: dict[int, np.ndarray], open_slots: OpenSlots,
         for off, index in refs.items():
             if off in tables:
                 take(off, index, f"stale L1 copy at 0x{copy:x}, entry {index}")
-    from .evidence import distinct_snapshots
-
     masked = ~T.OFLAG_COPIED
     compared: set[int] = set()  # each snapshot L2 table is read once, and only SIMILAR_BUDGET of them
-    for snap in distinct_snapshots(img):
+    for snap in distinct_snapshots(img.snapshots):
         if len(placed) == len(tables) or len(compared) >= SIMILAR_BUDGET:
             break
         l1 = img.l1_table(snap.l1_table_offset, snap.l1_size)
