@@ -69,6 +69,46 @@ class Finding:
         return f"{where}: {self.message}"
 
 
+class Listing:
+    """How many findings of each code are listed so far: up to ``limit`` a code, past it the rest are only
+    counted (never formatted), and ``summaries`` gives one ".more" finding per code saying how many were left
+    out, so that no listing is ever cut silently."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.listed: dict[str, int] = {}
+        self.dropped: dict[str, int] = {}
+
+    def room(self, code: str) -> int:
+        return max(0, self.limit - self.listed.get(code, 0))
+
+    def add(self, code: str, k: int = 1) -> None:
+        self.listed[code] = self.listed.get(code, 0) + k
+
+    def drop(self, code: str, k: int) -> None:
+        if k > 0:
+            self.dropped[code] = self.dropped.get(code, 0) + k
+
+    def keep(self, findings: list[Finding]) -> list[Finding]:
+        """``findings`` with each code's past the limit taken out and counted."""
+        kept = []
+        for f in findings:
+            if self.room(f.code):
+                self.add(f.code)
+                kept.append(f)
+            else:
+                self.drop(f.code, f.repeat)
+        return kept
+
+    def summaries(self) -> list[Finding]:
+        return [more(code, n) for code, n in self.dropped.items()]
+
+
+def more(code: str, n: int) -> Finding:
+    """The ".more" finding that stands for ``n`` findings of ``code`` past a listing cap."""
+    return Finding(code + ".more", Severity.INFO, f"{n} more findings of {code} not listed", "report", None, repeat=n)
+
+
 def clip_message(message: str, limit: int = MAX_MESSAGE) -> str:
     """``message`` cut to ``limit`` characters in all, ending with an ellipsis and its original length
     (``"bitmap 'nnnn… (65574 characters)"``); a clipped message is not clipped again."""

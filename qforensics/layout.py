@@ -100,6 +100,8 @@ class Layout:
     structures: list[Structure] = field(default_factory=list)
     conflicts: list[Conflict] = field(default_factory=list)
     past_eof: list[tuple[int, int]] = field(default_factory=list)  # (structure id, host offset)
+    # past the caps: claims of a taken cluster not examined for a conflict, structures past EOF not listed
+    unlisted: dict[str, int] = field(default_factory=dict)
     compressed_ranges: list[tuple[np.ndarray, np.ndarray, int]] = field(default_factory=list)
     edges: list[Edge] | None = None  # recorded only when the layout is built for the graph
     header_node: Structure | None = None
@@ -162,12 +164,18 @@ class Layout:
         if role not in UNOWNED:
             self.owner.update(zip(clusters[free].tolist(), sids[free].tolist(), strict=True))
         taken, by = clusters[~free], sids[~free]
-        if taken.size and len(self.conflicts) < MAX_CONFLICTS:
+        if taken.size:
             clash = (self.role[taken] != role) | (role not in SHAREABLE)
-            for c, b in zip(taken[clash][:1000].tolist(), by[clash][:1000].tolist(), strict=True):
+            room = min(1000, max(0, MAX_CONFLICTS - len(self.conflicts)))
+            self._unlisted("overlap.structures", int(clash.sum()) - room)
+            for c, b in zip(taken[clash][:room].tolist(), by[clash][:room].tolist(), strict=True):
                 first = self.owner.get(c, -1)  # -1: data, named after the walk (resolve_data_owners)
                 if first != b:
                     self.conflicts.append(Conflict(c, first, b))
+
+    def _unlisted(self, code: str, k: int) -> None:
+        if k > 0:
+            self.unlisted[code] = self.unlisted.get(code, 0) + k
 
     def _claim_runs(self, clusters: np.ndarray, steps: np.ndarray, role: Role) -> bool:
         """Claim sorted, owner-less clusters run by run with slices, when they form a few free runs."""
@@ -323,6 +331,7 @@ def _claim_refcount_blocks(lay: Layout, reftable: Structure, reft: np.ndarray) -
         sids[k:] = rest.id
     clusters = (offsets >> np.uint64(cb)).astype(np.int64)
     outside = clusters >= len(lay.role)
+    lay._unlisted("layout.past_eof", int(outside.sum()) - MAX_LISTED)
     for sid, offset in zip(sids[outside][:MAX_LISTED].tolist(), offsets[outside][:MAX_LISTED].tolist(),
                            strict=True):
         lay.past_eof.append((sid, offset))

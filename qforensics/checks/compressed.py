@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..findings import Finding, Severity
+from ..findings import more as more_finding
 from ..layout import Layout
 from ..model import Image
 from ..model.compressed import inflate
@@ -90,8 +91,5 @@ def check_compressed(img: Image, layout: Layout) -> tuple[list[Finding], dict[in
                            f"{left} of {len(pairs)} compressed streams were not inflated: the budget of "
                            f"{MAX_INFLATED >> 20} MiB inflated, {MAX_READ >> 20} MiB read or {MAX_STREAMS} streams "
                            "was spent", "compressed data", None))
-    for code, n in more.items():
-        if n:
-            out.append(Finding(code + ".more", Severity.INFO, f"{n} more findings of {code} not listed", "report",
-                               None, repeat=n))
+    out += [more_finding(code, n) for code, n in more.items() if n]
     return out, exact

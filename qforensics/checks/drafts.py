@@ -14,7 +14,7 @@ import hashlib
 
 import numpy as np
 
-from ..findings import Finding, Severity
+from ..findings import Finding, Listing, Severity
 from ..layout import Layout, Role
 from ..model import Image, Unreadable
 from ..model import tables as T
@@ -103,7 +103,8 @@ def check_dedup(img: Image) -> list[Finding]:
                 out.append(Finding("dedup.hash_mismatch", Severity.WARNING,
                                    f"dedup entry for physical cluster 0x{p:x}: stored SHA-256 {stored.hex()[:16]}... "
                                    f"is not the cluster's ({digest(p).hex()[:16]}...)", where, at, logical))
-    return out[:MAX_PER_CODE * 5]
+    listing = Listing(MAX_PER_CODE)  # a table of garbage could give a finding per entry of the file
+    return listing.keep(out) + listing.summaries()
 
 
 def walk_journal_cluster(raw: bytes, offset: int, start: int = 0) -> tuple[list[Finding], str, int]:

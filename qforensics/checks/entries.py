@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..findings import Finding, Severity
+from ..findings import Finding, Listing, Severity
 from ..model import Image
 from ..model import tables as T
 
@@ -30,36 +30,13 @@ COPIED_UNALLOCATED = "l2.copied_unallocated"
 _COPIED_NO_OFFSET_MASK = T.OFLAG_COPIED | T.OFLAG_COMPRESSED | T.L2E_OFFSET_MASK
 
 
-class _Listing:
-    """How many findings of each code are listed so far; past MAX_LISTED the rest are counted, never formatted
-    (a hostile image of 512-byte L2 tables would otherwise give a finding per entry of the file)."""
-
-    def __init__(self) -> None:
-        self.listed: dict[str, int] = {}
-        self.dropped: dict[str, int] = {}
-
-    def room(self, code: str) -> int:
-        return max(0, MAX_LISTED - self.listed.get(code, 0))
-
-    def add(self, code: str, k: int) -> None:
-        self.listed[code] = self.listed.get(code, 0) + k
-
-    def drop(self, code: str, k: int) -> None:
-        if k:
-            self.dropped[code] = self.dropped.get(code, 0) + k
-
-    def summaries(self) -> list[Finding]:
-        return [Finding(code + ".more", Severity.INFO, f"{n} more findings of {code} not listed", "report", None,
-                        repeat=n) for code, n in self.dropped.items()]
-
-
 def check_entries(img: Image) -> list[Finding]:
     h = img.header
     # the rules judged table by table; otherwise only the COPIED rule applies (every image without an external
     # data file), and a batch is judged in one pass, its tables singled out only where an entry breaks it
     per_table = h.version < 3 or h.extended_l2 or h.has_data_file
     out: list[Finding] = []
-    listing = _Listing()
+    listing = Listing(MAX_LISTED)
     seen: set[int] = set()
     for group in img.l1_groups():
         if not group.walked:
@@ -88,7 +65,7 @@ def check_entries(img: Image) -> list[Finding]:
 
 
 def _l2_rules(img: Image, owner: str, l1_index: int, l2_offset: int, desc: np.ndarray,
-              bitmap: np.ndarray | None, listing: _Listing) -> list[Finding]:
+              bitmap: np.ndarray | None, listing: Listing) -> list[Finding]:
     h = img.header
     out: list[Finding] = []
     where = f"{owner} L2 table at 0x{l2_offset:x}"

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..findings import Finding, Severity
+from ..findings import Finding, Listing, Severity, more
 from ..layout import Layout, Role
+
+MAX_LISTED = 1000  # findings of one code listed; the rest are counted in a ".more" summary
 
 
 def check_overlaps(layout: Layout, exact_ends: dict[int, int] | None = None) -> list[Finding]:
@@ -31,6 +33,8 @@ def check_overlaps(layout: Layout, exact_ends: dict[int, int] | None = None) -> 
         out.append(Finding("layout.past_eof", Severity.WARNING,
                            f"{st.label} reaches 0x{offset:x}, past the end of the file (0x{layout.file_size:x})",
                            st.label, offset))
+    # what the layout did not list past its caps, counted (never cut silently)
+    out += [more(code, n) for code, n in layout.unlisted.items()]
     return out
 
 
@@ -55,9 +59,11 @@ def _compressed_overlaps(layout: Layout, exact_ends: dict[int, int]) -> list[Fin
         hit = known[at] == pairs[:, 0]
         real_end[hit] = ends[at[hit]]
     out: list[Finding] = []
+    listing = Listing(MAX_LISTED)
     if len(pairs) > 1:
         bad = np.nonzero(pairs[1:, 0] < real_end[:-1])[0]
-        for k in bad[:1000].tolist():
+        listing.drop("overlap.compressed", len(bad) - min(len(bad), MAX_LISTED))
+        for k in bad[:MAX_LISTED].tolist():
             a, b = pairs[k], pairs[k + 1]
             out.append(Finding("overlap.compressed", Severity.WARNING,
                                f"compressed stream 0x{int(a[0]):x}..0x{int(a[1]):x} overlaps the stream starting "
@@ -71,10 +77,13 @@ def _compressed_overlaps(layout: Layout, exact_ends: dict[int, int]) -> list[Fin
         idx = first + k
         inside = (idx <= last) & (idx < len(meta))
         hit = np.nonzero(inside)[0][meta[idx[inside]]]
-        for j in hit[:1000].tolist():
+        shown = hit[:listing.room("overlap.compressed_metadata")]
+        listing.add("overlap.compressed_metadata", len(shown))
+        listing.drop("overlap.compressed_metadata", len(hit) - len(shown))
+        for j in shown.tolist():
             c = int(idx[j])
             other = layout.structures[layout.owner[c]]
             out.append(Finding("overlap.compressed_metadata", Severity.WARNING,
                                f"compressed stream at 0x{int(pairs[j, 0]):x} runs into {other.label} "
                                f"(host cluster 0x{c << cb:x})", "compressed data", int(pairs[j, 0])))
-    return out
+    return out + listing.summaries()
