@@ -92,3 +92,19 @@ def test_long_image_string_is_clipped_but_qemu_message_is_whole(corpus, tmp_path
     shown = json.loads(forced.stdout)["findings"]
     assert all(len(f["message"]) <= MAX_MESSAGE for f in shown)
     assert qemu in [f["qemu_message"] for f in shown]
+
+
+def test_image_findings_do_not_depend_on_what_was_read_first(corpus, tmp_path):
+    """A snapshot table past the end of the file: its findings are there on the first ask, before anything
+    touched the snapshots (they used to appear only once something had read the table)."""
+    src = image_path(corpus, "snapshots")
+    path = tmp_path / src.name
+    shutil.copyfile(src, path)
+    with open(path, "r+b") as f:
+        f.seek(64)
+        f.write(struct.pack(">Q", (src.stat().st_size // 65536 + 16) * 65536))
+    with open_image(path) as img:
+        first = [f.code for f in img.findings]
+        img.snapshots  # noqa: B018
+        assert [f.code for f in img.findings] == first
+    assert "snapshot.table_past_eof" in first

@@ -200,10 +200,12 @@ class Image:
 
     @property
     def findings(self) -> list[Finding]:
-        """Everything the model noticed while reading the structures asked for so far."""
+        """Everything the model notices in the structures it reads: the header and its extensions, the
+        snapshot table, the bitmap directory, the LUKS header and the draft structures, each read (once) for
+        the asking, so the answer never depends on what was read before."""
         out = list(self.open_findings)
         for attr in ("_snapshots", "_bitmaps", "_luks", "_dedup", "_draft_bitmaps"):
-            out += self.__dict__.get(attr, (None, []))[1]
+            out += getattr(self, attr)[1]
         return out
 
     @property
@@ -214,7 +216,6 @@ class Image:
     @property
     def open_refusals(self) -> list[Finding]:
         """Findings for which a full QEMU open (check, convert, qemu-io) fails."""
-        self._snapshots, self._bitmaps, self._luks  # noqa: B018 - cached reads, for their findings
         return [f for f in self.findings if f.refused_by_qemu]
 
     @property
