@@ -388,6 +388,11 @@ KINDS = [
          lambda r: [set_refcount(r, (len(r.d) >> r.cluster_bits) + 5, 1)]),
     Kind("l2_table_shared_by_two_l1_entries", "cluster_4096", "060 shared L2", ("refcount.too_low",),
          lambda r: [(r.l1_offset + 8, be64(r.l1(0)))]),
+    # unknown compatible and autoclear bits: qemu opens and checks the image as if they were clear
+    Kind("compatible_feature_unknown", "v3_default", "036 unknown compatible bit",
+         ("header.compatible_feature_unknown",), lambda r: [(80, be64(r.u64(80) | 1 << 23))]),
+    Kind("autoclear_feature_unknown", "v3_default", "036 unknown autoclear bit",
+         ("header.autoclear_feature_unknown",), lambda r: [(88, be64(r.u64(88) | 1 << 23))]),
 ]
 
 

@@ -16,7 +16,7 @@ from conftest import CASES, VALID_CASES, image_path, qemu_img, run_qforensics
 from qforensics.layers.chain import Consent, open_chain
 from qforensics.model import Image
 from qforensics.recovery.evidence import recover_image
-from qforensics.recovery.map import guest_map, render_json
+from qforensics.recovery.map import render_json
 from qforensics.report import sha256_file as sha256
 
 QEMU_CAN_OPEN = [c for c in VALID_CASES if c != "draft_early_bitmaps"]  # qemu refuses the 2015 bitmaps body
@@ -46,12 +46,10 @@ def test_map_json_is_qemus_text(corpus, case):
         opened: list = []
         try:
             ours = render_json(open_chain(img, Consent(image_dir=True), opened=opened))
-            entries = [e.to_json() for e in guest_map(open_chain(img, Consent(image_dir=True), opened=opened))]
         finally:
             for f in opened:
                 f.close()
     assert ours == res.stdout
-    assert json.loads(ours) == json.loads(res.stdout) == entries
 
 
 def test_map_cli_matches_qemu_on_a_backing_chain(corpus):

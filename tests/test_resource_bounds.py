@@ -264,31 +264,8 @@ IMAGES = {
     "journal_flood": build_journal_flood,
 }
 
-ALL = "*"
-# Commands that exceed the bounds today, with the cause; each is the owner's to fix (the code named is not
-# this test's). They are not run (each would take the whole safety net) unless QF_BOUNDS_ALL=1; then they are
-# expected to fail, and pass once fixed. `python3 tests/test_resource_bounds.py` measures them all.
-OVER_BOUNDS: dict[tuple[str, str | tuple[str, ...]], str] = {
-}
-RUN_OVER_BOUNDS = os.environ.get("QF_BOUNDS_ALL") == "1"
-
-
-def over_bounds(name: str, command: str) -> str | None:
-    for (image, commands), why in OVER_BOUNDS.items():
-        if image == name and (commands == ALL or command in ((commands,) if isinstance(commands, str) else commands)):
-            return why
-    return None
-
-
 def cases() -> list:
-    out = []
-    for name in IMAGES:
-        for command in COMMANDS:
-            why = over_bounds(name, command)
-            marks = [pytest.mark.xfail(run=RUN_OVER_BOUNDS, strict=False, reason=f"over the bounds: {why}")] \
-                if why else []
-            out.append(pytest.param(name, command, marks=marks, id=f"{name}-{command}"))
-    return out
+    return [pytest.param(name, command, id=f"{name}-{command}") for name in IMAGES for command in COMMANDS]
 
 
 def build(name: str, folder: Path) -> tuple[Path, str]:

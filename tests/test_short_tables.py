@@ -4,9 +4,11 @@
 from __future__ import annotations
 
 import shutil
+from collections import Counter
 
 import numpy as np
 from conftest import image_path
+from test_check_vs_qemu import QEMU_KEYS, qemu_check
 
 from qforensics import open_image
 from qforensics.checks import check_image
@@ -36,4 +38,12 @@ def test_a_cut_l2_table_reads_whole_with_zeros(corpus, tmp_path):
         host = guest_to_host(img, guest)
         assert host[0] == whole[0] & T.L2E_OFFSET_MASK and host[1] == whole[63] & T.L2E_OFFSET_MASK
         assert host[2] == 0 and host[3] == 0
-        check_image(img)  # the dedup, journal and refcount checks run to the end on the cut file
+        report = check_image(img)  # the dedup, journal and refcount checks run to the end on the cut file
+    # and give qemu-img check's verdict on it: the references past the cut are corruptions, line for line
+    res, qemu, qemu_lines = qemu_check(path)
+    doc = report.to_json(path.name)
+    assert report.completed and report.exit_code == res.returncode == 2, res.stderr[-2000:]
+    assert {key: doc[key] for key in QEMU_KEYS} == {key: qemu.get(key, 0) for key in QEMU_KEYS}
+    assert Counter(f.qemu_check for f in report.findings if f.qemu_check) == Counter(qemu_lines)
+    codes = {f.code for f in report.findings}
+    assert {"refcount.reference_past_eof", "dedup.l1_past_eof", "dedup.table_too_small"} <= codes, sorted(codes)

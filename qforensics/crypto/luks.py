@@ -19,8 +19,7 @@ import hashlib
 import hmac
 from dataclasses import dataclass
 
-from ..model.encryption import LUKS1_HEADER_SIZE, LuksHeader, LuksKeySlot, parse_luks_header as parse_model_header
-from ..model.kaitai import StructureError
+from ..model.encryption import LUKS1_HEADER_SIZE, LuksHeader, LuksKeySlot
 from .sector import (SECTOR_SIZE, CipherSpec, EncryptionHeaderError, ModeCipher, UnsupportedEncryption,
                      WrongPassphrase, check_hash, parse_cipher_mode)
 
@@ -28,7 +27,6 @@ DIGEST_SIZE = 20  # LUKS_DIGESTSIZE
 MAX_ITERATIONS = 10_000_000  # PBKDF2 iterations we agree to run for one slot or the master key digest
 MAX_KEY_MATERIAL = 4 << 20  # bytes of AF-split key material we agree to read and merge for one slot
 MAX_KEY_BYTES = 128
-LuksSlot = LuksKeySlot
 
 
 @dataclass(frozen=True)
@@ -67,7 +65,7 @@ class LuksParams:
         return self.header.uuid
 
     @property
-    def slots(self) -> tuple[LuksSlot, ...]:
+    def slots(self) -> tuple[LuksKeySlot, ...]:
         return self.header.slots
 
     @property
@@ -98,18 +96,6 @@ def luks_params(header: LuksHeader) -> LuksParams:
         raise UnsupportedEncryption(f"{where}: {header.cipher_name}-{spec.mode_string} with key_bytes "
                                     f"{key_bytes}: {exc}") from None
     return LuksParams(header, spec, hash_name)
-
-
-def parse_luks_header(raw: bytes, offset: int) -> LuksParams:
-    """Parse the LUKS1 header bytes found at host ``offset``; checks what opening depends on.
-
-    Raises EncryptionHeaderError (damaged) or UnsupportedEncryption (a cipher or hash we cannot compute).
-    """
-    try:
-        header = parse_model_header(raw, offset, len(raw))
-    except StructureError as exc:
-        raise EncryptionHeaderError(str(exc)) from None
-    return luks_params(header)
 
 
 def read_luks_params(img) -> LuksParams:
@@ -163,7 +149,7 @@ def _iterations_problem(what: str, iterations: int) -> str | None:
     return None
 
 
-def slot_problem(params: LuksParams, slot: LuksSlot, file_size: int) -> str | None:
+def slot_problem(params: LuksParams, slot: LuksKeySlot, file_size: int) -> str | None:
     """Why an active slot cannot be tried (damaged or hostile fields), or None."""
     if slot.stripes < 1:
         return f"stripes is {slot.stripes}"
@@ -235,5 +221,5 @@ def open_luks_params(params: LuksParams, read, file_size: int, passphrase: bytes
                           f"{'s' if tried != 1 else ''} tried){note}")
 
 
-__all__ = ["LUKS1_HEADER_SIZE", "LuksCipher", "LuksParams", "LuksSlot", "UnsupportedEncryption", "af_merge", "diffuse",
-           "luks_params", "open_luks", "parse_luks_header", "read_luks_params"]
+__all__ = ["LUKS1_HEADER_SIZE", "LuksCipher", "LuksParams", "UnsupportedEncryption", "af_merge", "diffuse",
+           "luks_params", "open_luks", "read_luks_params"]

@@ -37,9 +37,6 @@ class Extent(NamedTuple):
     def end(self) -> int:
         return self.start + self.length
 
-    def has_offset(self) -> bool:
-        return self.host >= 0
-
 
 # qemu's BDRV_BLOCK_* view of each kind: (data, zero, allocated at this layer)
 BLOCK_STATUS = {

@@ -14,7 +14,6 @@ from .kaitai import parse
 
 MAGIC = b"QFI\xfb"
 V2_HEADER_LENGTH = 72
-V3_MIN_HEADER_LENGTH = 104
 # QEMU limits (block/qcow2.h)
 MIN_CLUSTER_BITS = 9
 MAX_CLUSTER_BITS = 21

@@ -349,14 +349,6 @@ class Image:
         raw = self.read_table(offset, entries * 8, QCOW_MAX_L1_SIZE)
         return raw if isinstance(raw, Unreadable) else tables.l1_entries(raw)
 
-    def l1_tables(self) -> list[tuple[str, int, int]]:
-        """(owner, offset, entries) of the active L1 and of every snapshot L1 QEMU would follow."""
-        h = self.header
-        out = [("active", h.l1_table_offset, h.l1_size)]
-        out += [(f"snapshot {clip(s.id)}", s.l1_table_offset, s.l1_size) for s in self.snapshots
-                if s.l1_table_offset % h.cluster_size == 0 and s.l1_size <= QCOW_MAX_L1_SIZE // 8]
-        return out
-
     def l1_groups(self, budget: int | None = None) -> list[L1Group]:
         """The active L1 and the snapshot L1s QEMU would follow, snapshots naming the same table (offset and
         size) in one group. The active table is always walked; a snapshot group only while its readable
