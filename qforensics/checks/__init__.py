@@ -14,14 +14,14 @@ from ..errors import ImageOpenError
 from ..findings import Finding, Run, Severity, runs
 from ..model import Image
 from ..layers.chain import ChainError, Consent, open_chain
-from ..layout import claim_l2_batch, finish_layout, start_layout
+from ..layout import Layout, claim_l2_batch, finish_layout, start_layout
 from ..text import clip
 from .compressed import check_compressed
 from .drafts import check_dedup, check_draft_bitmaps, check_journals, explain_qemu_leaks
 from .entries import check_entries
 from .structures import check_bitmap_rules, check_header_rules, check_snapshot_rules
 from .overlaps import check_overlaps
-from .refcounts import Stats, check_refcounts
+from .qemu_check import Stats, check_refcounts
 
 EXIT_CLEAN, EXIT_FAILED, EXIT_CORRUPT, EXIT_LEAKS = 0, 1, 2, 3
 # progress of check_image, in percent by stage (the refcount walk over the L2 tables is most of the time)
@@ -43,6 +43,7 @@ class CheckReport:
     stats: Stats
     refusals: list[Finding] = field(default_factory=list)
     unestablished: str | None = None
+    layout: Layout | None = None  # the host layout the checks built (None when the tables cannot be located)
 
     def count(self, counter: str) -> int:
         return sum(f.repeat for f in self.findings if f.qemu_counts == counter)
@@ -182,7 +183,7 @@ def _check_image(img: Image, p) -> CheckReport:
     findings += check_dedup(img) + check_journals(img, layout) + check_draft_bitmaps(img)
     findings += explain_qemu_leaks(refcount_findings, layout)
     p.advance(CHECK_STAGES["header, snapshots, bitmaps, drafts"])
-    return CheckReport(img.findings + findings, stats, refusals)
+    return CheckReport(img.findings + findings, stats, refusals, layout=layout)
 
 
 MAX_LINES_PER_CODE = 5  # lines of one finding code in human output, unless verbose
