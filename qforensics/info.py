@@ -11,10 +11,9 @@ import os
 from datetime import UTC, datetime
 
 from .findings import Severity
-from .layout import build_layout
+from .layout import Layout, build_layout
 from .model import Image
 from .model.extensions import FEATURE_NAME_TABLE
-from .model.journal import find_journals
 from .model.kaitai import opt
 from .model.header import COMPRESSION_TYPES, CRYPT_METHODS, FEATURE_GROUPS, KNOWN_MASKS
 
@@ -54,7 +53,7 @@ def feature_bits(img: Image) -> dict[str, list[dict]]:
     return out
 
 
-def build_info(img: Image, filename: str) -> dict:
+def build_info(img: Image, filename: str, layout: Layout | None = None) -> dict:
     """The info document: qemu-img's keys first, then ours."""
     h = img.header
     data: dict = {"compat": "1.1" if h.version >= 3 else "0.10"}
@@ -148,7 +147,7 @@ def build_info(img: Image, filename: str) -> dict:
             for b in img.draft_bitmaps
         ]
     if img.geometry_ok:
-        journals = find_journals(img, build_layout(img, journals=False).free_clusters())
+        journals = (layout or build_layout(img)).journals  # found by the layout's scan of the free clusters
         if journals:
             info["journals"] = [
                 {"offset": a.offset, "found-by": "scan of unreferenced clusters (no pointer exists)",

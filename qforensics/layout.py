@@ -21,7 +21,7 @@ import numpy as np
 
 from .model import Image, Unreadable
 from .model import tables as T
-from .model.journal import find_journals
+from .model.journal import JournalArea, find_journals
 from .text import clip
 
 
@@ -102,6 +102,7 @@ class Layout:
     past_eof: list[tuple[int, int]] = field(default_factory=list)  # (structure id, host offset)
     # past the caps: claims of a taken cluster not examined for a conflict, structures past EOF not listed
     unlisted: dict[str, int] = field(default_factory=dict)
+    journals: list[JournalArea] = field(default_factory=list)  # found among the free clusters (finish_layout)
     compressed_ranges: list[tuple[np.ndarray, np.ndarray, int]] = field(default_factory=list)
     edges: list[Edge] | None = None  # recorded only when the layout is built for the graph
     header_node: Structure | None = None
@@ -423,7 +424,8 @@ def finish_layout(img: Image, lay: Layout, *, journals: bool = True) -> None:
                 lay.link(l1_node, node, "L1 entries")
     resolve_data_owners(img, lay, seen_l2)
     if journals:
-        for area in find_journals(img, lay.free_clusters()):
+        lay.journals = find_journals(img, lay.free_clusters())
+        for area in lay.journals:
             previous = None
             for k, jc in enumerate(area.clusters):
                 node = lay.add(Role.JOURNAL, jc.offset, 4096, "image",

@@ -13,7 +13,7 @@ from conftest import image_path
 
 from qforensics.evidence import file as file_layer
 from qforensics.evidence.file import FileLayer, seek_extents
-from qforensics.report import data_extents
+from qforensics.evidence.digest import data_extents
 
 MIB = 1 << 20
 

@@ -18,7 +18,7 @@ import qforensics.recovery.output as rec
 import qforensics.recovery.recover as recover
 from qforensics.evidence.file import FileLayer
 from qforensics.recovery.evidence import recover_image
-from qforensics.report import sha256_file as sha256
+from qforensics.evidence.digest import sha256_file as sha256
 
 MiB = 1 << 20
 

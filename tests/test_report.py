@@ -21,7 +21,7 @@ import pytest
 from conftest import CASES, image_path, qemu_img, run_qforensics
 from corruptions import KINDS, make
 from qforensics import report as report_module
-from qforensics.report import choose_hash, data_extents
+from qforensics.evidence.digest import choose_hash, data_extents
 
 SECTIONS = {"evidence", "verdict", "image", "findings", "cluster-map", "graph"}
 

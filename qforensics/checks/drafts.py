@@ -19,7 +19,7 @@ from ..layout import Layout, Role
 from ..model import Image, Unreadable
 from ..model import tables as T
 from ..model.dedup import ENTRY_SIZE, dedup_entries
-from ..model.journal import JOURNAL_CLUSTER, TYPE_END, TYPE_HASH, TYPE_NONE, find_journals
+from ..model.journal import JOURNAL_CLUSTER, TYPE_END, TYPE_HASH, TYPE_NONE
 from ..text import clip
 
 MAX_PER_CODE = 1000
@@ -149,10 +149,7 @@ def check_journals(img: Image, layout: Layout) -> list[Finding]:
     """Every journal found by scanning: its clusters' entries, END entries, and what replay would miss."""
     out: list[Finding] = []
     cs = img.header.cluster_size
-    if not any(s.role == Role.JOURNAL for s in layout.structures):
-        return out  # no journal found: no need to scan the role of every cluster
-    # the layout already scanned the free clusters for journals: re-read only the ones it found
-    for area in find_journals(img, layout.clusters_with(Role.JOURNAL)):
+    for area in layout.journals:  # the layout scanned the free clusters for them
         raw = img.file.read(area.offset, cs).ljust(cs, b"\xff")
         # clusters recognised past a damaged first entry: where their chain resumes
         resumes = {jc.offset: jc.resumes - jc.offset for jc in area.clusters if jc.resumes is not None}
