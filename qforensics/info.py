@@ -54,7 +54,18 @@ def feature_bits(img: Image) -> dict[str, list[dict]]:
 
 
 def build_info(img: Image, filename: str, layout: Layout | None = None) -> dict:
-    """The info document: qemu-img's keys first, then ours."""
+    """The info document: qemu-img's keys first, then ours (the structures, then the drafts); ``layout``, the
+    command's host layout when it has one (its journals), else one is built."""
+    info = _qemu_info(img, filename)
+    _add_structures(img, info)
+    _add_drafts(img, info, layout)
+    info["qemu-would-refuse"] = [f.qemu_message for f in img.refusals]
+    info["findings"] = [f.to_json() for f in img.findings]
+    return info
+
+
+def _qemu_info(img: Image, filename: str) -> dict:
+    """The keys and values of `qemu-img info --output=json` (tests compare them live)."""
     h = img.header
     data: dict = {"compat": "1.1" if h.version >= 3 else "0.10"}
     data["compression-type"] = COMPRESSION_TYPES.get(h.compression_type, f"unknown({h.compression_type})")
@@ -94,7 +105,12 @@ def build_info(img: Image, filename: str, layout: Layout | None = None) -> dict:
     if img.snapshots:
         info["snapshots"] = [s.to_qemu_json() for s in img.snapshots]
 
-    # ours
+    return info
+
+
+def _add_structures(img: Image, info: dict) -> None:
+    """Ours: the header's fields, features, extensions, snapshot table, bitmap directory, LUKS header."""
+    h = img.header
     info["file-size"] = img.file.size
     info["header"] = {
         "version": h.version, "backing-file-offset": h.backing_file_offset,
@@ -129,6 +145,10 @@ def build_info(img: Image, filename: str, layout: Layout | None = None) -> dict:
                         "cipher": f"{img.luks.cipher_name}-{img.luks.cipher_mode}", "hash": img.luks.hash_spec,
                         "key-bytes": img.luks.key_bytes,
                         "active-slots": [s.index for s in img.luks.slots if s.active]}
+
+
+def _add_drafts(img: Image, info: dict, layout: Layout | None) -> None:
+    """Ours: the draft structures (deduplication table, early dirty bitmaps, journals found by scanning)."""
     if img.dedup_extension is not None:
         d = img.dedup_extension
         table = img.dedup_table
@@ -157,9 +177,6 @@ def build_info(img: Image, filename: str, layout: Layout | None = None) -> dict:
                                       for j in a.clusters]}
                 for a in journals
             ]
-    info["qemu-would-refuse"] = [f.qemu_message for f in img.refusals]
-    info["findings"] = [f.to_json() for f in img.findings]
-    return info
 
 
 def _extension_json(e) -> dict:

@@ -214,10 +214,17 @@ def unsupported_features_message(h: Header, entries: list[tuple[int, int, bytes]
 def check_header(h: Header, file_size: int, feature_entries: list[tuple[int, int, bytes]]) -> list[Finding]:
     """Every condition of the fixed header that makes QEMU refuse to open, plus spec violations it lets pass.
 
-    Reference: block/qcow2.c qcow2_do_open (QEMU 7.2), in its order.
+    Reference: block/qcow2.c qcow2_do_open (QEMU 7.2), in its order: the fixed fields, the feature bits, the
+    tables the header points to, then the backing file name and what lies past the end of the file.
     """
-    out: list[Finding] = []
     cs = h.cluster_size
+    return (_fixed_fields(h, cs) + _feature_bits(h, cs, feature_entries) + _table_pointers(h, cs)
+            + _backing_and_eof(h, cs, file_size))
+
+
+def _fixed_fields(h: Header, cs: int) -> list[Finding]:
+    """Cluster size, header length, backing file offset, compression type (qcow2_do_open's first checks)."""
+    out: list[Finding] = []
     if not MIN_CLUSTER_BITS <= h.cluster_bits <= MAX_CLUSTER_BITS:
         out.append(_refusal("header.cluster_bits_unsupported", "cluster_bits",
                             f"cluster_bits is {h.cluster_bits}; QEMU supports {MIN_CLUSTER_BITS} to "
@@ -258,6 +265,12 @@ def check_header(h: Header, file_size: int, feature_entries: list[tuple[int, int
         out.append(_refusal("header.compression_type_bit_set", "incompatible_features",
                             "incompatible_features bit 3 (compression type) is set but the header has no compression_type",
                             "qcow2: Compression type incompatible feature bit must not be set"))
+    return out
+
+
+def _feature_bits(h: Header, cs: int, feature_entries: list[tuple[int, int, bytes]]) -> list[Finding]:
+    """Unknown feature bits (report_unsupported_feature), the subcluster size, the encryption method."""
+    out: list[Finding] = []
     unsupported = unsupported_features_message(h, feature_entries)
     if unsupported:
         bits = h.incompatible_features & ~KNOWN_MASKS["incompatible"]
@@ -277,6 +290,12 @@ def check_header(h: Header, file_size: int, feature_entries: list[tuple[int, int
         out.append(_refusal("header.crypt_method_unknown", "crypt_method",
                             f"crypt_method is {h.crypt_method}; known values are 0, 1 (AES) and 2 (LUKS)",
                             f"Unsupported encryption method {h.crypt_method}"))
+    return out
+
+
+def _table_pointers(h: Header, cs: int) -> list[Finding]:
+    """The refcount table, snapshot table and L1 table as qcow2_validate_table judges them, and the L1 size."""
+    out: list[Finding] = []
     if h.refcount_table_clusters == 0:
         out.append(_refusal("header.refcount_table_missing", "refcount_table_clusters",
                             "refcount_table_clusters is 0: the image has no refcount table",
@@ -318,6 +337,12 @@ def check_header(h: Header, file_size: int, feature_entries: list[tuple[int, int
             out.append(_refusal("header.l1_table_too_small", "l1_size",
                                 f"l1_size is {h.l1_size} but size {h.size} needs {needed} L1 entries",
                                 "L1 table is too small"))
+    return out
+
+
+def _backing_and_eof(h: Header, cs: int, file_size: int) -> list[Finding]:
+    """The backing file name's length, and tables pointed to at or past the end of the file (beyond qemu)."""
+    out: list[Finding] = []
     if h.backing_file_offset:
         limit = min(MAX_BACKING_FILE_NAME, max(cs - h.backing_file_offset, 0))
         if h.backing_file_size > limit:
