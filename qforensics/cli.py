@@ -21,11 +21,11 @@ from .text import clip_lines, terminal_safe
 # before numpy loads: its BLAS is never used here, and one thread spares starting a pool (~40 ms a run)
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 from .model import Image  # noqa: E402
+from .render.check_text import MAX_LINES_PER_CODE  # noqa: E402  (for the help text; no checks loaded)
 
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_INCOMPLETE = 2  # recover: some guest ranges are missing
-MAX_LINES_PER_CODE = 5  # checks.MAX_LINES_PER_CODE, for the help text (the checks are imported when check runs)
 
 
 def _say(message: str) -> None:
@@ -48,7 +48,8 @@ def _say_refusals(image: str, refusals) -> None:
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
-    from .info import build_info, render_human  # info brings the layout; map and recover start without it
+    from .info import build_info  # info brings the layout; map and recover start without it
+    from .render.info_text import render_human
 
     with Image(args.image) as img:
         info = build_info(img, args.image)
@@ -82,7 +83,8 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 def _cmd_check(args: argparse.Namespace) -> int:
     from . import progress
-    from .checks import check_image, render_human as render_check, unopened_report
+    from .checks import check_image, unopened_report
+    from .render.check_text import render_human as render_check
 
     with progress.Progress("check", 2 if args.html else 1,
                            enabled=progress.wanted(args.quiet, args.output == "json")) as bar:
@@ -124,7 +126,8 @@ def _output_path(image: str, output: str) -> Path:
 
 
 def _cmd_graph(args: argparse.Namespace) -> int:
-    from .graph import build_graph, summarize, write_graph
+    from .graph import build_graph, summarize
+    from .render.graph_files import write_graph
 
     out = _output_path(args.image, args.o)
     if out.suffix not in (".graphml", ".json"):
@@ -157,7 +160,8 @@ def _guest_view(img, args: argparse.Namespace, opened: list, cipher=None):
 
 
 def _cmd_map(args: argparse.Namespace) -> int:
-    from .recovery.map import human_chunks, json_chunks, map_rows
+    from .recovery.map import map_rows
+    from .render.map_output import human_chunks, json_chunks
 
     opened: list = []
     unreadable: list = []  # the first 20, then only counted

@@ -24,7 +24,8 @@ FLOORS = [
     ("guest layers and host layout", ["qforensics.layers", "qforensics.layout", "qforensics.graph"]),
     ("checks", ["qforensics.checks"]),
     ("recovery", ["qforensics.recovery"]),
-    ("renderers", ["qforensics.info", "qforensics.report"]),
+    ("info document", ["qforensics.info"]),
+    ("renderers", ["qforensics.render", "qforensics.report"]),
     ("command line", ["qforensics.cli", "qforensics.__main__"]),
 ]
 # the package's own __init__ is the Python API: it may hand out what any floor holds, on first use

@@ -16,7 +16,7 @@ from conftest import CASES, VALID_CASES, image_path, qemu_img, run_qforensics
 from qforensics.layers.chain import Consent, open_chain
 from qforensics.model import Image
 from qforensics.recovery.evidence import recover_image
-from qforensics.recovery.map import render_json
+from qforensics.render.map_output import render_json
 from qforensics.evidence.digest import sha256_file as sha256
 
 QEMU_CAN_OPEN = [c for c in VALID_CASES if c != "draft_early_bitmaps"]  # qemu refuses the 2015 bitmaps body
