@@ -469,9 +469,8 @@ def _claim_batch(img: Image, lay: Layout, l2s: list[Structure], desc: np.ndarray
     if first is not None:
         _claim_contiguous(lay, l2s, first, desc.shape[1])
         return
-    compressed = (desc & T.OFLAG_COMPRESSED) != 0
-    data = desc & T.L2E_OFFSET_MASK
-    valid = ~compressed & (data != 0) & (data % np.uint64(cs) == 0)
+    d = T.Descriptors(desc, False)  # (no external data file here)
+    compressed, data, valid = d.compressed, d.offset, d.aligned_data(cs)
     rows = np.nonzero(valid.any(axis=1))[0]
     if rows.size:
         data_ids = np.full(len(l2s), -1, dtype=np.int32)
@@ -518,9 +517,9 @@ def _claim_data(img: Image, lay: Layout, l2: Structure, l1_index: int) -> None:
         return
     desc = table[0]
     cb, cs = h.cluster_bits, h.cluster_size
-    compressed = (desc & T.OFLAG_COMPRESSED) != 0
-    offsets = desc & T.L2E_OFFSET_MASK
-    index = np.flatnonzero(~compressed & (offsets != 0) & (offsets % np.uint64(cs) == 0))
+    d = T.Descriptors(desc, False)  # (no external data file here)
+    compressed, offsets = d.compressed, d.offset
+    index = np.flatnonzero(d.aligned_data(cs))
     std = offsets[index]
     if std.size:
         breaks = np.flatnonzero((np.diff(std) != np.uint64(cs)) | (np.diff(index) != 1)) + 1

@@ -18,6 +18,7 @@ from ..findings import Finding, Listing, Severity
 from ..layout import Layout, Role
 from ..model import Image, Unreadable
 from ..model import tables as T
+from ..model.bitmaps import entries_needed
 from ..model.dedup import ENTRY_SIZE, dedup_entries
 from ..model.journal import JOURNAL_CLUSTER, TYPE_END, TYPE_HASH, TYPE_NONE
 from ..text import clip
@@ -44,7 +45,7 @@ def guest_to_host(img: Image, guest: np.ndarray) -> np.ndarray:
             continue
         sel = l1_index == i
         desc = table[0][l2_index[sel]]
-        out[sel] = np.where((desc & T.OFLAG_COMPRESSED) != 0, 0, desc & T.L2E_OFFSET_MASK)
+        out[sel] = T.Descriptors(desc, False).host()
     return out
 
 
@@ -197,9 +198,7 @@ def check_draft_bitmaps(img: Image) -> list[Finding]:
         if b.size_sectors != -(-h.size // 512):
             out.append(Finding("draft_bitmaps.size", Severity.WARNING, f"size {b.size_sectors} sectors does not match "
                                f"the virtual size {h.size}", where, b.entry_offset))
-        bits = -(-b.size_sectors * 512 // b.granularity)
-        nbytes = -(-bits // 8)
-        needed = -(-nbytes // cs)
+        needed = entries_needed(b.size_sectors * 512, b.granularity, cs)
         if b.l1_size != needed:
             out.append(Finding("draft_bitmaps.l1_size", Severity.WARNING, f"L1 has {b.l1_size} entries; "
                                f"{b.size_sectors} sectors at granularity {b.granularity} need {needed}", where,

@@ -70,9 +70,8 @@ def _l2_rules(img: Image, owner: str, l1_index: int, l2_offset: int, desc: np.nd
     out: list[Finding] = []
     where = f"{owner} L2 table at 0x{l2_offset:x}"
     esize = h.l2_entry_size
-    compressed = (desc & T.OFLAG_COMPRESSED) != 0
-    offsets = desc & T.L2E_OFFSET_MASK
-    zero_flag = ~compressed & ((desc & T.OFLAG_ZERO) != 0)
+    d = T.Descriptors(desc, h.has_data_file)
+    compressed, offsets = d.compressed, d.offset
 
     def report(code: str, severity: Severity, idx: np.ndarray, text) -> None:
         shown = idx[:min(MAX_PER_TABLE, listing.room(code))].tolist()
@@ -89,15 +88,15 @@ def _l2_rules(img: Image, owner: str, l1_index: int, l2_offset: int, desc: np.nd
             listing.drop(code, rest)
 
     if h.version < 3:
-        report("l2.zero_flag_in_v2", Severity.WARNING, np.nonzero(zero_flag)[0],
+        report("l2.zero_flag_in_v2", Severity.WARNING, np.nonzero(d.zero)[0],
                lambda i: f"L2 entry {i} has the zero flag, which version 2 does not have (QEMU: 'Zero cluster "
                          "entry found in pre-v3 image')")
     if bitmap is not None:
-        report("l2.extended_zero_flag", Severity.WARNING, np.nonzero(zero_flag)[0],
+        report("l2.extended_zero_flag", Severity.WARNING, np.nonzero(d.zero)[0],
                lambda i: f"L2 entry {i} has descriptor bit 0 set; with extended L2 it is unused (zero bits are "
                          "in the subcluster bitmap)")
         unallocated = ~compressed & (offsets == 0)
-        zero_bits = np.nonzero(unallocated & ((bitmap >> np.uint64(32)) != 0))[0]
+        zero_bits = np.nonzero(unallocated & T.any_zero(bitmap))[0]
         report("l2.unallocated_zero_bits", Severity.INFO, zero_bits,
                lambda i: f"unallocated L2 entry {i} marks subclusters 0x{int(bitmap[i]) >> 32:08x} as reading "
                          "zeros (over any backing file)")
@@ -112,7 +111,7 @@ def _l2_rules(img: Image, owner: str, l1_index: int, l2_offset: int, desc: np.nd
                          + "; the spec allows offset 0 with bit 63 only with an external data file (bit 63 means "
                            "a refcount of exactly one, which only an allocated cluster has)")
     if h.has_data_file:
-        allocated = ~compressed & ((offsets != 0) | ((desc & T.OFLAG_COPIED) != 0))
+        allocated = d.allocated
         guest = (np.arange(len(desc), dtype=np.uint64) + np.uint64(l1_index * h.l2_entries)) * \
             np.uint64(h.cluster_size)
         report("datafile.offset_mismatch", Severity.WARNING, np.nonzero(allocated & (offsets != guest))[0],

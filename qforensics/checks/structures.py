@@ -13,7 +13,7 @@ import numpy as np
 from ..findings import Finding, Severity
 from ..model import Image, Unreadable
 from ..model import tables as T
-from ..model.bitmaps import FLAG_IN_USE
+from ..model.bitmaps import FLAG_IN_USE, bits_needed, entries_needed
 from ..model.header import FIELDS
 from ..text import MAX_SHOWN, clip
 
@@ -143,15 +143,13 @@ def check_bitmap_rules(img: Image) -> list[Finding]:
                                "not saved cleanly and is inconsistent", "bitmap directory", b.entry_offset))
         if not 0 <= b.granularity_bits < 64:
             continue
-        bits = -(-h.size // b.granularity)
-        nbytes = -(-bits // 8)
-        needed = -(-nbytes // h.cluster_size)
+        needed = entries_needed(h.size, b.granularity, h.cluster_size)
         if b.table_size != needed:
             out.append(Finding("bitmap.table_size", Severity.WARNING,
                                f"bitmap '{clip(b.name)}' table has {b.table_size} entries; the virtual size {h.size} at "
                                f"granularity {b.granularity} needs {needed}", "bitmap directory", b.entry_offset))
             continue
-        out += _tail_bits(img, b, bits)
+        out += _tail_bits(img, b, bits_needed(h.size, b.granularity))
     return out
 
 

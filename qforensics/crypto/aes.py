@@ -72,10 +72,10 @@ def sample_clusters(img, limit: int = MAX_SAMPLES) -> list[tuple[int, int]]:
         if isinstance(got, Unreadable):
             continue
         entries, bitmaps = got
-        host = entries & tables.L2E_OFFSET_MASK
-        ok = ((entries & tables.OFLAG_COMPRESSED) == 0) & (host != 0) & (host % cs == 0)
+        d = tables.Descriptors(entries, False)
+        host, ok = d.offset, d.aligned_data(h.cluster_size)
         if bitmaps is None:
-            ok &= (entries & tables.OFLAG_ZERO) == 0
+            ok &= ~d.zero
         else:
             ok &= ((bitmaps & np.uint64(1)) != 0) & ((bitmaps & np.uint64(1 << 32)) == 0)
         for j in np.nonzero(ok)[0][:limit - len(out)].tolist():

@@ -1,28 +1,17 @@
 """What a layer says about a guest range: one `Extent` per run of units of the same kind.
 
-The kinds are QEMU's subcluster types (block/qcow2.h QCow2SubclusterType),
-plus the raw kinds of a raw layer and ``INVALID`` for metadata QEMU would
+The kinds (`Kind`, from model/tables.py) are QEMU's subcluster types (block/qcow2.h
+QCow2SubclusterType), plus the raw kinds of a raw layer and ``INVALID`` for metadata QEMU would
 refuse to follow (it returns EIO there); ``reason`` says why.
 """
 
 from __future__ import annotations
 
-from enum import IntEnum
 from typing import NamedTuple
 
 import numpy as np
 
-
-class Kind(IntEnum):
-    UNALLOCATED = 0  # falls through to the backing file, or reads zeros
-    NORMAL = 1  # data at ``host`` in the data-holding file
-    COMPRESSED = 2  # one compressed cluster; ``entry`` is its L2 descriptor
-    ZERO_PLAIN = 3  # reads zeros, no host cluster
-    ZERO_ALLOC = 4  # reads zeros, host cluster preallocated at ``host``
-    UNALLOCATED_ALLOC = 5  # extended L2: host cluster exists, subcluster falls through
-    INVALID = 6  # QEMU refuses to read it (EIO); ``reason`` says why
-    RAW_DATA = 7  # a raw file's data extent
-    RAW_HOLE = 8  # a raw file's hole: reads zeros
+from ..model.tables import Kind  # the kinds are the cluster mapping's rule, so they live with it in the model
 
 
 class Extent(NamedTuple):

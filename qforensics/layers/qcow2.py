@@ -28,13 +28,13 @@ from .stack import read_guest
 BATCH_UNITS = 1 << 18  # units classified at a time
 MAX_GUEST = 1 << 62  # guest bytes looked at: a hostile size beyond this fits no file system anyway
 MAX_EACH = 16  # bad L1 entries in a row reported one by one; a longer stretch is one run
-ALL_ALLOC = np.uint64(0xFFFFFFFF)
 
 
 def classify(desc: np.ndarray, bitmap: np.ndarray | None, *, cluster_bits: int, v3: bool,
              has_data_file: bool, guest_cluster: np.ndarray, file_size: int | None = None,
              ) -> tuple[np.ndarray, np.ndarray]:
-    """Kind and host offset of every unit (QEMU's qcow2_get_subcluster_type, and its read-time checks).
+    """Kind and host offset of every unit (QEMU's qcow2_get_subcluster_type: `tables.Descriptors.types` and
+    `tables.subcluster_types`, and its read-time checks here).
 
     ``desc`` holds L2 descriptors, ``bitmap`` the extended-L2 bitmaps (None for standard entries) and
     ``guest_cluster`` the guest cluster number of each entry. A compressed cluster starting past
@@ -42,40 +42,25 @@ def classify(desc: np.ndarray, bitmap: np.ndarray | None, *, cluster_bits: int, 
     (uint8, Kind values) and the host offset of each unit (-1 where it has none).
     """
     cs = 1 << cluster_bits
-    compressed = (desc & T.OFLAG_COMPRESSED) != 0
-    off = desc & T.L2E_OFFSET_MASK
-    normal = ~compressed & ((off != 0) | (has_data_file & ((desc & T.OFLAG_COPIED) != 0)))
-    bad = ~compressed & normal & ((off & np.uint64(cs - 1)) != 0)
+    d = T.Descriptors(desc, has_data_file)
+    compressed, off, normal = d.compressed, d.offset, d.allocated
+    bad = normal & ((off & np.uint64(cs - 1)) != 0)
     if has_data_file:
         bad |= compressed | (normal & (off != guest_cluster.astype(np.uint64) << np.uint64(cluster_bits)))
     if file_size is not None:
         bad |= compressed & (T.compressed_fields(desc, cluster_bits)[0] >= np.uint64(file_size))
     host = off.astype(np.int64)
+    types = d.types(extended=bitmap is not None)
     if bitmap is None:
-        zero = ~compressed & ((desc & T.OFLAG_ZERO) != 0)
-        kind = np.full(len(desc), Kind.UNALLOCATED, dtype=np.uint8)
-        kind[normal] = Kind.NORMAL
-        kind[zero & (off == 0)] = Kind.ZERO_PLAIN
-        kind[zero & (off != 0)] = Kind.ZERO_ALLOC
-        kind[compressed] = Kind.COMPRESSED
+        kind = types
         if not v3:
-            bad |= zero
+            bad |= d.zero
         kind[bad] = Kind.INVALID
         host = np.where((kind == Kind.NORMAL) | (kind == Kind.ZERO_ALLOC), host, -1)
         return kind, host
     units = 32
-    sub = np.arange(units, dtype=np.uint64)
-    alloc = ((bitmap[:, None] >> sub) & np.uint64(1)) != 0
-    zbit = ((bitmap[:, None] >> (sub + np.uint64(32))) & np.uint64(1)) != 0
-    bad_bitmap = (normal & (((bitmap >> np.uint64(32)) & bitmap) != 0)) | (~compressed & ~normal & ((bitmap & ALL_ALLOC) != 0))
-    kind = np.full((len(desc), units), Kind.UNALLOCATED, dtype=np.uint8)
-    n2 = normal[:, None]
-    kind[n2 & ~alloc & ~zbit] = Kind.UNALLOCATED_ALLOC
-    kind[n2 & alloc] = Kind.NORMAL
-    kind[n2 & zbit] = Kind.ZERO_ALLOC
-    kind[~n2 & ~compressed[:, None] & zbit] = Kind.ZERO_PLAIN
-    kind[compressed] = Kind.COMPRESSED
-    kind[bad | bad_bitmap] = Kind.INVALID
+    kind = T.subcluster_types(types, bitmap)
+    kind[bad] = Kind.INVALID
     sc = cs // units
     uhost = host[:, None] + (np.arange(units, dtype=np.int64) * sc)[None, :]
     with_host = (kind == Kind.NORMAL) | (kind == Kind.ZERO_ALLOC) | (kind == Kind.UNALLOCATED_ALLOC)

@@ -185,6 +185,30 @@ def _raw_bitmap(index: int, entry_offset: int, raw: bytes) -> Bitmap:
                   extra_data_size=extra, name_size=name_size)
 
 
+def bits_needed(disk_size: int, granularity: int) -> int:
+    """Bits of a bitmap of ``disk_size`` bytes at ``granularity``: one per granule, the last one partial."""
+    return -(-disk_size // granularity)
+
+
+def entries_needed(disk_size: int, granularity: int, cluster_size: int) -> int:
+    """Bitmap table entries (data clusters) a bitmap of ``disk_size`` bytes at ``granularity`` needs: its bits
+    rounded up to bytes, then to clusters (spec "Bitmap table"; block/qcow2-bitmap.c
+    get_bitmap_bytes_needed). The 2015 draft bitmaps' L1 is sized the same way."""
+    return -(-((bits_needed(disk_size, granularity) + 7) // 8) // cluster_size)
+
+
+def table_entry_invalid(table, cluster_size: int):
+    """Which bitmap table entries QEMU refuses (block/qcow2-bitmap.c check_table_entry): reserved bits set,
+    or, with a data offset, bit 0 set or the offset not cluster aligned. ``table``: the entries (uint64)."""
+    import numpy as np
+
+    from . import tables as T
+
+    offsets = table & T.BME_OFFSET_MASK
+    return ((table & T.BME_RESERVED_MASK) != 0) | ((offsets != 0) & (
+        ((table & T.BME_ALL_ONES) != 0) | (offsets % np.uint64(cluster_size) != 0)))
+
+
 def check_dir_entry(h: Header, b: Bitmap) -> str | None:
     """First reason QEMU's check_dir_entry rejects the entry, in words, or None."""
     cs = h.cluster_size
@@ -206,8 +230,7 @@ def check_dir_entry(h: Header, b: Bitmap) -> str | None:
     if b.table_size * cs > BME_MAX_PHYS_SIZE:
         return f"bitmap data would take {b.table_size * cs} bytes, over {BME_MAX_PHYS_SIZE}"
     if not b.flags & FLAG_IN_USE:
-        bits = -(-h.size // b.granularity)
-        needed = -(-((bits + 7) // 8) // cs)
+        needed = entries_needed(h.size, b.granularity, cs)
         if b.table_size < needed:
             return f"bitmap_table_size {b.table_size} is below the {needed} entries the virtual size needs"
     return None
@@ -218,17 +241,13 @@ def check_bitmap_tables(h: Header, bitmaps: list[Bitmap], read_table) -> list[Fi
     (block/qcow2-bitmap.c load_bitmap, bitmap_table_load, check_table_entry)."""
     import numpy as np
 
-    from . import tables as T
-
     for b in bitmaps:
         if b.flags & FLAG_IN_USE or b.table_size > BME_MAX_TABLE_SIZE:
             continue
         table = read_table(b)
         if not isinstance(table, np.ndarray):
             continue
-        offsets = table & T.BME_OFFSET_MASK
-        bad = ((table & T.BME_RESERVED_MASK) != 0) | ((offsets != 0) & (
-            ((table & T.BME_ALL_ONES) != 0) | (offsets % np.uint64(h.cluster_size) != 0)))
+        bad = table_entry_invalid(table, h.cluster_size)
         if bad.any():
             i = int(np.nonzero(bad)[0][0])
             return [Finding("bitmap.table_invalid", Severity.CORRUPTION,

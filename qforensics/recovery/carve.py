@@ -3,7 +3,7 @@ data, stale metadata), written out with an index of what each looks like.
 
 Runs of adjacent unreferenced clusters of the same kind go to one file, named
 from their host offset only (never from image strings). What each looks like:
-``l2-like`` (every entry a valid L2 descriptor: recovery/scan.py),
+``l2-like`` (every entry a valid L2 descriptor: model/tables.py `table_shaped`),
 ``refcount-block-like`` (small refcounts, mostly 0 and 1, as the image's
 refcount width), ``compressed-stream`` (inflates with the image's algorithm to
 at least a sector), or ``data``.
@@ -22,7 +22,7 @@ from ..model import Image
 from ..model import tables as T
 from ..paths import refuse_overwrite, safe_component
 from ..model.compressed import inflate
-from .scan import stored_refcounts, table_shaped
+from .scan import stored_refcounts
 
 MAX_FILES = 10_000  # carved files at most; the index says how many runs were left out
 MAX_RUN = 64 << 20  # bytes in one carved file
@@ -42,7 +42,7 @@ def looks_like(img: Image, raw: bytes) -> str:
     if len(raw) < cs:
         raw = raw + bytes(cs - len(raw))
     words = np.frombuffer(raw, dtype=">u8").astype(np.uint64).reshape(1, -1)
-    if table_shaped(img, words)[0]:
+    if T.table_shaped(words, h, img.file.size)[0]:
         return "l2-like"
     if h.refcount_order >= 3 and _refcount_shaped(T.refcount_block(raw, h.refcount_order)):
         return "refcount-block-like"

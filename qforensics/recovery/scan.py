@@ -56,49 +56,6 @@ def stored_refcounts(img: Image, n_clusters: int) -> np.ndarray | None:
     return out
 
 
-def l2_shaped(words: np.ndarray, *, cluster_bits: int, file_size: int, v3: bool) -> np.ndarray:
-    """Which rows of ``words`` (tables × entries) could be standard L2 tables of this image."""
-    cs = np.uint64(1 << cluster_bits)
-    nonzero = words != 0
-    compressed = (words & T.OFLAG_COMPRESSED) != 0
-    coff, _ = T.compressed_fields(words, cluster_bits)
-    off = words & T.L2E_OFFSET_MASK
-    reserved = T.L2E_STD_RESERVED_MASK | (np.uint64(0) if v3 else T.OFLAG_ZERO)
-    std_ok = ((words & reserved) == 0) & (off % cs == 0) & (off < np.uint64(file_size))
-    comp_ok = ((words & T.OFLAG_COPIED) == 0) & (coff < np.uint64(file_size)) & (coff > 0)
-    ok = ~nonzero | np.where(compressed, comp_ok, std_ok)
-    has_data = (nonzero & ~compressed & (off != 0)) | (nonzero & compressed)
-    return ok.all(axis=1) & has_data.any(axis=1)
-
-
-def extended_l2_shaped(words: np.ndarray, *, cluster_bits: int, file_size: int) -> np.ndarray:
-    """Which rows of ``words`` (tables × 2·entries: descriptor, bitmap, ...) could be extended L2 tables."""
-    desc, bitmap = words[:, 0::2], words[:, 1::2]
-    compressed = (desc & T.OFLAG_COMPRESSED) != 0
-    # bit 0 of a standard descriptor is always 0 with extended L2 entries: v2's reserved mask covers it
-    shaped = l2_shaped(desc, cluster_bits=cluster_bits, file_size=file_size, v3=False)
-    alloc, zero = bitmap & np.uint64(0xFFFFFFFF), bitmap >> np.uint64(32)
-    ok = np.where(compressed, bitmap == 0, (alloc & zero) == 0)
-    return shaped & ok.all(axis=1)
-
-
-def l1_shaped(words: np.ndarray, *, cluster_bits: int, file_size: int) -> np.ndarray:
-    """Which rows of ``words`` could be L1 tables (spec "L1 table entry"): reserved bits clear, offsets
-    aligned and inside the file, at least one entry set."""
-    off = words & T.L1E_OFFSET_MASK
-    ok = ((words & T.L1E_RESERVED_MASK) == 0) & (off % np.uint64(1 << cluster_bits) == 0) \
-        & (off < np.uint64(file_size))
-    return ok.all(axis=1) & (off != 0).any(axis=1)
-
-
-def table_shaped(img: Image, words: np.ndarray) -> np.ndarray:
-    """Which rows of ``words`` (clusters × 8-byte words) could be L2 tables of ``img``, standard or extended."""
-    h = img.header
-    if h.extended_l2:
-        return extended_l2_shaped(words, cluster_bits=h.cluster_bits, file_size=img.file.size)
-    return l2_shaped(words, cluster_bits=h.cluster_bits, file_size=img.file.size, v3=h.version >= 3)
-
-
 def find_candidates(img: Image, clusters: np.ndarray, role: np.ndarray,
                     refcounts: np.ndarray | None) -> dict[int, np.ndarray]:
     """L2-shaped tables among ``clusters`` (indices), by host offset, with their entries."""
@@ -114,15 +71,15 @@ def find_candidates(img: Image, clusters: np.ndarray, role: np.ndarray,
             data = img.file.read(c << cb, cs)
             raw[j * cs:j * cs + len(data)] = data
         words = np.frombuffer(bytes(raw), dtype=">u8").astype(np.uint64).reshape(len(chunk), -1)
-        shaped = table_shaped(img, words)
+        shaped = T.table_shaped(words, h, img.file.size)
         if h.extended_l2:
-            l1ish = np.flatnonzero(~shaped & l1_shaped(words, cluster_bits=cb, file_size=img.file.size))
+            l1ish = np.flatnonzero(~shaped & T.l1_shaped(words, cluster_bits=cb, file_size=img.file.size))
             for j in l1ish[:max(0, MAX_CANDIDATES - len(l1_like))].tolist():
                 l1_like[int(chunk[j]) << cb] = words[j].copy()
         for j in np.flatnonzero(shaped).tolist():
             w = words[j, 0::2] if h.extended_l2 else words[j]  # the descriptors
-            std = (w != 0) & ((w & T.OFLAG_COMPRESSED) == 0) & ((w & T.L2E_OFFSET_MASK) != 0)
-            targets = ((w[std] & T.L2E_OFFSET_MASK) >> np.uint64(cb)).astype(np.int64)
+            d = T.Descriptors(w, False)
+            targets = (d.offset[d.allocated] >> np.uint64(cb)).astype(np.int64)
             targets = targets[targets < n_file]
             if np.isin(role[targets], (Role.FREE, Role.DATA), invert=True).any():
                 continue  # points into metadata: a refcount table, an L1 of known tables, ...

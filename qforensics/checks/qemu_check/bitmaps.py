@@ -7,11 +7,10 @@ bitmap's table and the data clusters its entries name. Spec (docs/interop/qcow2.
 
 from __future__ import annotations
 
-import numpy as np
-
 from ...findings import Severity
 from ...model import Unreadable
 from ...model import tables as T
+from ...model.bitmaps import table_entry_invalid
 from ...text import clip
 from .imrt import CheckRun, capped
 
@@ -32,8 +31,7 @@ def check_bitmaps(run: CheckRun) -> None:
                     "bitmap table", b.table_offset, None)
             continue
         offsets = table & T.BME_OFFSET_MASK
-        bad = ((table & T.BME_RESERVED_MASK) != 0) | ((offsets != 0) & (
-            ((table & T.BME_ALL_ONES) != 0) | (offsets % np.uint64(run.cs) != 0)))
+        bad = table_entry_invalid(table, run.cs)
         for i in capped(run, "bitmap.table_entry_invalid", bad):
             run.add("bitmap.table_entry_invalid", Severity.CORRUPTION, f"bitmap '{name}' table entry {i} "
                     f"0x{int(table[i]):016x} is invalid (reserved bits, or bit 0 / misalignment with an offset)",

@@ -23,11 +23,8 @@ from ...model import image
 from ...model import tables as T
 from ...model.header import QCOW_MAX_L1_SIZE
 from ...model.image import L1Group
+from ...model.tables import Kind
 from .imrt import OWNER, CheckRun, Refs, capped, room_for
-
-L2_BITMAP_ALL_ALLOC = np.uint64(0xFFFFFFFF)
-# qcow2_get_cluster_type
-UNALLOCATED, NORMAL, COMPRESSED, ZERO_PLAIN, ZERO_ALLOC = range(5)
 
 
 @dataclass
@@ -49,24 +46,11 @@ class _Tables:
     refs: Callable[[int], Refs]
 
 
-def _cluster_types(desc: np.ndarray, extended: bool, data_file: bool) -> np.ndarray:
-    """qcow2_get_cluster_type for every entry of an L2 table."""
-    offset = desc & T.L2E_OFFSET_MASK
-    types = np.full(desc.shape, NORMAL, dtype=np.int8)
-    types[(offset == 0) & ~(data_file & ((desc & T.OFLAG_COPIED) != 0))] = UNALLOCATED
-    if not extended:
-        zero = (desc & T.OFLAG_ZERO) != 0
-        types[zero & (offset != 0)] = ZERO_ALLOC
-        types[zero & (offset == 0)] = ZERO_PLAIN
-    types[(desc & T.OFLAG_COMPRESSED) != 0] = COMPRESSED
-    return types
-
-
 @dataclass
 class _L2Entries:
     """The entries of a batch of L2 tables as check_refcounts_l2 judges them, past the fast path: ``desc``
     flattened (``n`` entries a table), ``bitmap`` the subcluster bitmaps of extended entries (else None),
-    ``types`` their qcow2_get_cluster_type."""
+    ``types`` their qcow2_get_cluster_type (`tables.cluster_types`)."""
 
     run: CheckRun
     b: _Batch
@@ -99,17 +83,15 @@ def _check_l2_batch(run: CheckRun, b: _Batch, desc2: np.ndarray, bitmap2: np.nda
     n = desc2.shape[1]
     desc = desc2.ravel()
     extended = bitmap2 is not None
-    if not extended and not h.has_data_file:
-        # the usual batch: no compressed, zero-flagged, reserved-bit or unaligned entry: no rule can fire
-        unusual = T.OFLAG_COMPRESSED | T.OFLAG_ZERO | T.L2E_STD_RESERVED_MASK | np.uint64((h.cluster_size - 1) & ~0x1FF)
-        if not (desc & unusual).any():
-            offs = desc & T.L2E_OFFSET_MASK
-            alloc = np.flatnonzero(offs)
-            offs = offs[alloc]
-            _count_allocated(run, b, alloc, offs, n, frag, owner)
-            return alloc, offs
+    # the usual batch: no compressed, zero-flagged, reserved-bit or unaligned entry: no rule can fire
+    if not extended and not h.has_data_file and not (desc & T.unusual_bits(h.cluster_size)).any():
+        offs = desc & T.L2E_OFFSET_MASK
+        alloc = np.flatnonzero(offs)
+        offs = offs[alloc]
+        _count_allocated(run, b, alloc, offs, n, frag, owner)
+        return alloc, offs
     l2 = _L2Entries(run, b, desc, bitmap2.ravel() if extended else None, n,
-                    _cluster_types(desc, h.extended_l2, h.has_data_file), owner, frag)
+                    T.cluster_types(desc, extended=h.extended_l2, has_data_file=h.has_data_file), owner, frag)
     _reserved_bits(l2)
     _compressed(l2)
     alloc, offs = _allocated(l2)
@@ -121,7 +103,7 @@ def _check_l2_batch(run: CheckRun, b: _Batch, desc2: np.ndarray, bitmap2: np.nda
 def _reserved_bits(l2: _L2Entries) -> None:
     """check_refcounts_l2: reserved bits set in an entry that is not compressed."""
     run, b, desc, n, where = l2.run, l2.b, l2.desc, l2.n, l2.where
-    for k in capped(run, "l2.reserved_bits", (l2.types != COMPRESSED) & ((desc & T.L2E_STD_RESERVED_MASK) != 0),
+    for k in capped(run, "l2.reserved_bits", (l2.types != Kind.COMPRESSED) & ((desc & T.L2E_STD_RESERVED_MASK) != 0),
                     weight_of=l2.weight_of):
         e = int(desc[k])
         run.add("l2.reserved_bits", Severity.CORRUPTION, f"L2 entry {k % n} 0x{e:016x} has reserved bits set "
@@ -136,7 +118,7 @@ def _compressed(l2: _L2Entries) -> None:
     run, b, desc, bitmap, n, where, weight_of = l2.run, l2.b, l2.desc, l2.bitmap, l2.n, l2.where, l2.weight_of
     h = run.img.header
     extended = bitmap is not None
-    comp = l2.types == COMPRESSED
+    comp = l2.types == Kind.COMPRESSED
     if not comp.any():
         return
     mask = (1 << (62 - (h.cluster_bits - 8))) - 1
@@ -176,14 +158,14 @@ def _allocated(l2: _L2Entries) -> tuple[np.ndarray, np.ndarray]:
     and host offsets."""
     run, b, desc, bitmap, n, where = l2.run, l2.b, l2.desc, l2.bitmap, l2.n, l2.where
     h = run.img.header
-    alloc = np.flatnonzero((l2.types == NORMAL) | (l2.types == ZERO_ALLOC))
+    alloc = np.flatnonzero((l2.types == Kind.NORMAL) | (l2.types == Kind.ZERO_ALLOC))
     if not alloc.size:
         return alloc, np.zeros(0, dtype=np.uint64)
     offs = desc[alloc] & T.L2E_OFFSET_MASK
     alloc_weight = None if b.weight is None else (lambda where: b.weight[alloc[where] // n])
     if bitmap is not None:
         bms = bitmap[alloc]
-        for j in capped(run, "l2.subcluster_alloc_and_zero", ((bms >> np.uint64(32)) & bms) != 0,
+        for j in capped(run, "l2.subcluster_alloc_and_zero", T.allocated_and_zero(bms),
                         weight_of=alloc_weight):
             k = int(alloc[j])
             run.add("l2.subcluster_alloc_and_zero", Severity.CORRUPTION, f"L2 entry {k % n}: subclusters both "
@@ -193,7 +175,7 @@ def _allocated(l2: _L2Entries) -> tuple[np.ndarray, np.ndarray]:
     unaligned = (offs % np.uint64(h.cluster_size)) != 0
     if unaligned.any():
         # qemu names a cluster with data (allocated subclusters, or no zero flag) apart from a preallocated one
-        data = (bitmap[alloc] & L2_BITMAP_ALL_ALLOC) != 0 if h.extended_l2 else (desc[alloc] & T.OFLAG_ZERO) == 0
+        data = T.any_allocated(bitmap[alloc]) if h.extended_l2 else (desc[alloc] & T.OFLAG_ZERO) == 0
         for j in capped(run, "l2.data_unaligned", unaligned & data, weight_of=alloc_weight):
             k, o = int(alloc[j]), int(offs[j])
             run.add("l2.data_unaligned", Severity.CORRUPTION, f"L2 entry {k % n}: data cluster offset 0x{o:x} "
@@ -214,7 +196,7 @@ def _unallocated_with_alloc_bits(l2: _L2Entries) -> None:
     """check_refcounts_l2, QCOW2_CLUSTER_UNALLOCATED in an extended L2 table: no allocated subcluster."""
     run, bitmap, n = l2.run, l2.bitmap, l2.n
     for k in capped(run, "l2.unallocated_with_alloc_bits",
-                    (l2.types == UNALLOCATED) & ((bitmap & L2_BITMAP_ALL_ALLOC) != 0), weight_of=l2.weight_of):
+                    (l2.types == Kind.UNALLOCATED) & T.any_allocated(bitmap), weight_of=l2.weight_of):
         run.add("l2.unallocated_with_alloc_bits", Severity.CORRUPTION, f"unallocated L2 entry {k % n} has "
                 f"subcluster allocation bits 0x{int(bitmap[k]) & 0xFFFFFFFF:x}", *l2.where(k),
                 "ERROR: Unallocated cluster has non-zero subcluster allocation map", refs=l2.b.refs(k // n))
