@@ -152,7 +152,7 @@ def _cmd_graph(args: argparse.Namespace) -> int:
 def _guest_view(img, args: argparse.Namespace, opened: list, cipher=None):
     """The image's guest view (snapshot, backing chain, data file) as the user's consent allows."""
     from .layers.chain import Consent, open_chain
-    from .model.snapshots import find_snapshot
+    from .model.snapshot_table import find_snapshot
 
     consent = _consent(args) or Consent()
     snapshot = find_snapshot(img.snapshots, args.snapshot) if args.snapshot else None

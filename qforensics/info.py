@@ -12,9 +12,9 @@ from datetime import UTC, datetime
 
 from .layout import Layout, build_layout
 from .model import Image
-from .model.extensions import FEATURE_NAME_TABLE
+from .model.qcow2_header_extensions import FEATURE_NAME_TABLE
 from .model.kaitai import opt
-from .model.header import COMPRESSION_TYPES, CRYPT_METHODS, FEATURE_GROUPS, KNOWN_MASKS
+from .model.qcow2_header import COMPRESSION_TYPES, CRYPT_METHODS, FEATURE_GROUPS, KNOWN_MASKS
 
 QEMU_DRAFT_BIT1 = "deduplication (2012 draft, dedup extension present)"
 

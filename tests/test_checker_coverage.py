@@ -59,7 +59,7 @@ def _loop_values(node: ast.AST, parents: dict, name: str) -> list[str]:
 
 def _fstring_codes(node: ast.JoinedStr, parents: dict) -> set[str]:
     """An f-string code expanded over its placeholders' values, taken from the source: each placeholder is a
-    plain name bound by an enclosing ``for`` over literal values (what the package does today: header.py's
+    plain name bound by an enclosing ``for`` over literal values (what the package does today: qcow2_header.py's
     ``for group in ("compatible", "autoclear")``, structures.py's ``for what, values in (("id", ...), ...)``).
     Anything else fails here, so that a new kind of f-string code is expanded by hand, not silently missed."""
     out = [""]

@@ -59,7 +59,7 @@ def test_every_defect_kind_has_a_fixture():
 def test_deduplicated_clusters_have_refcount_equal_to_their_references(corpus):
     """Seed 000 via qemu's rule: each shared cluster's refcount is its number of L2 references."""
     from qforensics import open_image
-    from qforensics.model.refcounts import stored_refcounts
+    from qforensics.model.refcount import stored_refcounts
 
     layout = next(d for d in CASES["draft_dedup"]["draft_layout"] if d["draft"] == "dedup")
     path = image_path(corpus, "draft_dedup")

@@ -8,7 +8,7 @@ import pytest
 
 from conftest import CASES, image_path, run_qforensics
 from qforensics import open_image
-from qforensics.model.dedup import dedup_entries
+from qforensics.model.dedup_table import dedup_entries
 
 
 def layout(case: str, draft: str) -> dict:

@@ -1,4 +1,4 @@
-"""model/header.py's FIELDS (the offset of every header field, for findings and hex excerpts) agree with the
+"""model/qcow2_header.py's FIELDS (the offset of every header field, for findings and hex excerpts) agree with the
 declaration in ksy/qcow2_header.ksy: poking a value at each offset changes exactly that field as the
 generated parser reads it (issue 15: declarations stay declarations)."""
 
@@ -10,7 +10,7 @@ import pytest
 
 from conftest import image_path
 
-from qforensics.model.header import FIELDS, parse_header
+from qforensics.model.qcow2_header import FIELDS, parse_header
 
 # a value each field can take without the parser refusing the header (its ksy `valid` rules)
 VALUES = {"version": 2, "cluster_bits": 12, "refcount_order": 5, "header_length": 120, "compression_type": 1,

@@ -29,7 +29,7 @@ def test_qemu_leaks_are_draft_structures(corpus, case):
                                   "extended_l2", "prealloc_metadata", "refcount_bits_1"])
 def test_layout_claims_every_allocated_cluster(corpus, case):
     """On clean qemu images every cluster with a refcount is claimed, and nothing free is."""
-    from qforensics.model.refcounts import stored_refcounts
+    from qforensics.model.refcount import stored_refcounts
 
     with open_image(image_path(corpus, case)) as img:
         lay = build_layout(img)

@@ -14,7 +14,7 @@ from test_header_refusals import find_extension
 
 from qforensics import open_image
 from qforensics.crypto import open_cipher
-from qforensics.model.encryption import split_key_sectors
+from qforensics.model.luks1_header import split_key_sectors
 
 SLOT0 = 208  # key slot i at SLOT0 + 48 * i: active, iterations, salt[32], key material offset, stripes
 

@@ -1,4 +1,4 @@
-"""The snapshot table reader (model/snapshots.py, struct) against the generated Kaitai parser
+"""The snapshot table reader (model/snapshot_table.py, struct) against the generated Kaitai parser
 (ksy/snapshot_table.ksy), on every corpus image with snapshots and on damaged copies of their tables."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from kaitaistruct import KaitaiStream
 from qforensics.formats.snapshot_table import SnapshotTable
 from qforensics.model import Image
 from qforensics.model.kaitai import decode_name, opt
-from qforensics.model.snapshots import read_snapshots
+from qforensics.model.snapshot_table import read_snapshots
 
 
 def kaitai_entries(data: bytes, count: int) -> list[tuple]:

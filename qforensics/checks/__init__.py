@@ -18,7 +18,7 @@ from ..layout import Layout, claim_l2_batch, finish_layout, start_layout
 from ..text import clip
 from .compressed import check_compressed
 from .drafts import check_dedup, check_draft_bitmaps, check_journals, explain_qemu_leaks
-from .entries import check_entries
+from .l1_l2_entries import check_entries
 from .structures import check_bitmap_rules, check_header_rules, check_snapshot_rules
 from .overlaps import check_overlaps
 from .qemu_check import Stats, check_refcounts

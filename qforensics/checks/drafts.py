@@ -19,7 +19,7 @@ from ..layout import Layout, Role
 from ..model import Image, Unreadable
 from ..model import tables as T
 from ..model.bitmaps import entries_needed
-from ..model.dedup import ENTRY_SIZE, dedup_entries
+from ..model.dedup_table import ENTRY_SIZE, dedup_entries
 from ..model.journal import JOURNAL_CLUSTER, TYPE_END, TYPE_HASH, TYPE_NONE
 from ..text import clip
 

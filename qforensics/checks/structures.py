@@ -14,7 +14,7 @@ from ..findings import Finding, Severity
 from ..model import Image, Unreadable
 from ..model import tables as T
 from ..model.bitmaps import FLAG_IN_USE, bits_needed, entries_needed
-from ..model.header import FIELDS
+from ..model.qcow2_header import FIELDS
 from ..text import MAX_SHOWN, clip
 
 

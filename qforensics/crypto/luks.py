@@ -19,7 +19,7 @@ import hashlib
 import hmac
 from dataclasses import dataclass
 
-from ..model.encryption import LUKS1_HEADER_SIZE, LuksHeader, LuksKeySlot
+from ..model.luks1_header import LUKS1_HEADER_SIZE, LuksHeader, LuksKeySlot
 from .sector import (SECTOR_SIZE, CipherSpec, EncryptionHeaderError, ModeCipher, UnsupportedEncryption,
                      WrongPassphrase, check_hash, parse_cipher_mode)
 
@@ -31,7 +31,7 @@ MAX_KEY_BYTES = 128
 
 @dataclass(frozen=True)
 class LuksParams:
-    """The model's LUKS1 header (model/encryption.py, the one reader of its bytes) with what opening adds:
+    """The model's LUKS1 header (model/luks1_header.py, the one reader of its bytes) with what opening adds:
     its cipher, mode and hash checked computable here. Unlike qemu, opening does not insist on 4000 stripes
     or on slots that keep out of each other's way: a damaged header that still decrypts is worth opening."""
 

@@ -145,7 +145,7 @@ class Qcow2Layer:
     def metadata_preallocation(self) -> bool:
         """QEMU's qcow2_detect_metadata_preallocation: more clusters have a refcount than the file has
         allocated blocks for (then block status asks the file which data clusters are holes)."""
-        from ..model.refcounts import stored_refcounts
+        from ..model.refcount import stored_refcounts
 
         f = self.img.file
         real = f.allocated_bytes // self.cs

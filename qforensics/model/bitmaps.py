@@ -10,7 +10,7 @@ from dataclasses import dataclass, replace
 from ..findings import Finding, Severity
 from ..formats.bitmaps import Bitmaps
 from ..text import MAX_SHOWN, clip
-from .header import Header
+from .qcow2_header import Header
 from .kaitai import StructureError, decode_name, parse
 
 BME_MAX_TABLE_SIZE = 0x8000000

@@ -20,19 +20,19 @@ from ..findings import Finding, Severity
 from ..evidence.file import FileLayer
 from ..text import clip
 from . import tables
-from .extensions import (BACKING_FORMAT, BITMAPS, DEDUPLICATION, EXTERNAL_DATA_FILE, FULL_DISK_ENCRYPTION,
+from .qcow2_header_extensions import (BACKING_FORMAT, BITMAPS, DEDUPLICATION, EXTERNAL_DATA_FILE, FULL_DISK_ENCRYPTION,
                          Extensions, read_extensions)
-from .header import (KAITAI_TO_SPEC, FIELDS, MAGIC, MAX_CLUSTER_BITS, MIN_CLUSTER_BITS, QCOW_CRYPT_LUKS,
+from .qcow2_header import (KAITAI_TO_SPEC, FIELDS, MAGIC, MAX_CLUSTER_BITS, MIN_CLUSTER_BITS, QCOW_CRYPT_LUKS,
                      QCOW_MAX_L1_SIZE, QCOW_MAX_REFTABLE_SIZE, Header, check_header, feature_names, parse_header,
                      with_cluster_bits)
 from .kaitai import StructureError, decode_name
-from .snapshots import Snapshot, read_snapshots
+from .snapshot_table import Snapshot, read_snapshots
 
 if TYPE_CHECKING:  # the optional structures' readers are imported when an image has them
     from .bitmaps import Bitmap
-    from .dedup import DedupTable
-    from .draft_bitmaps import DraftBitmap
-    from .encryption import LuksHeader
+    from .dedup_table import DedupTable
+    from .draft_dirty_bitmaps import DraftBitmap
+    from .luks1_header import LuksHeader
 
 HEADER_PROBE = 4096
 MAX_CLUSTER0_READ = 1 << MAX_CLUSTER_BITS
@@ -283,7 +283,7 @@ class Image:
         ext = self.extensions.first(FULL_DISK_ENCRYPTION)
         if self.header.crypt_method != QCOW_CRYPT_LUKS or ext is None or ext.body is None:
             return None, []
-        from .encryption import read_luks_header
+        from .luks1_header import read_luks_header
 
         header, findings = read_luks_header(self.file.read, ext.body.ofs_encryption_header,
                                             ext.body.len_encryption_header)
@@ -307,7 +307,7 @@ class Image:
         d = self.dedup_extension
         if d is None or not self.geometry_ok:
             return None, []
-        from .dedup import read_dedup_table
+        from .dedup_table import read_dedup_table
 
         return read_dedup_table(self.header, self.file.read, self.file.size, d.ofs_dedup_table, d.len_dedup_table)
 
@@ -321,7 +321,7 @@ class Image:
         ext = self.extensions.first(BITMAPS)
         if ext is None or ext.length != 12 or ext.body is None:
             return [], []
-        from .draft_bitmaps import read_draft_bitmaps
+        from .draft_dirty_bitmaps import read_draft_bitmaps
 
         return read_draft_bitmaps(self.file.read, self.file.size, ext.body.num_dirty_bitmaps,
                                   ext.body.ofs_dirty_bitmaps)

@@ -206,7 +206,7 @@ def l1_shaped(words: np.ndarray, *, cluster_bits: int, file_size: int) -> np.nda
 
 def table_shaped(words: np.ndarray, header, file_size: int) -> np.ndarray:
     """Which rows of ``words`` (clusters × 8-byte words) could be L2 tables, standard or extended, of an
-    image with this ``header`` (a model.header.Header) and file size."""
+    image with this ``header`` (a model.qcow2_header.Header) and file size."""
     if header.extended_l2:
         return extended_l2_shaped(words, cluster_bits=header.cluster_bits, file_size=file_size)
     return l2_shaped(words, cluster_bits=header.cluster_bits, file_size=file_size, v3=header.version >= 3)

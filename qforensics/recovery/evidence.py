@@ -23,7 +23,7 @@ from ..layers.chain import Consent, open_chain
 from ..layers.extent import Kind
 from ..layers.stack import read_run
 from ..model import Image
-from ..model.snapshots import distinct_snapshots, find_snapshot
+from ..model.snapshot_table import distinct_snapshots, find_snapshot
 from ..paths import refuse_overwrite
 from .recover import Recovery, recover
 
@@ -97,7 +97,7 @@ def _snapshot_fallback(img: Image, top, skip_id: str | None):
 def _open_image(image: str, notes: list[str]) -> Image:
     """The image; when its header's cluster_bits is unusable but the structures show the real one, the
     image as if the header said so (the note says what was inferred and why)."""
-    from ..model.header import MAGIC, MAX_CLUSTER_BITS, MIN_CLUSTER_BITS, stored_cluster_bits
+    from ..model.qcow2_header import MAGIC, MAX_CLUSTER_BITS, MIN_CLUSTER_BITS, stored_cluster_bits
     from ..model.image import HEADER_PROBE
 
     with FileLayer(image) as file:

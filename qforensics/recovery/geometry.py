@@ -15,7 +15,7 @@ import numpy as np
 
 from ..evidence.file import FileLayer
 from ..model import tables as T
-from ..model.header import MAX_CLUSTER_BITS, MIN_CLUSTER_BITS, parse_header, with_cluster_bits
+from ..model.qcow2_header import MAX_CLUSTER_BITS, MIN_CLUSTER_BITS, parse_header, with_cluster_bits
 from ..model.kaitai import StructureError
 
 MAX_READ = 64 << 20  # bytes of refcount blocks read per candidate size, at most (a hostile table is skipped)

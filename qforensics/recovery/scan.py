@@ -25,8 +25,8 @@ import numpy as np
 from ..layout import Role, build_layout
 from ..model import Image, Unreadable
 from ..model import tables as T
-from ..model.refcounts import stored_refcounts as model_refcounts
-from ..model.snapshots import distinct_snapshots
+from ..model.refcount import stored_refcounts as model_refcounts
+from ..model.snapshot_table import distinct_snapshots
 from ..layers.extent import Kind
 
 READ_CLUSTERS = 256  # clusters read at a time while scanning
@@ -173,7 +173,7 @@ def _dedup_positions(img: Image) -> dict[int, int]:
     table = img.dedup_table
     if table is None:
         return {}
-    from ..model.dedup import dedup_entries
+    from ..model.dedup_table import dedup_entries
 
     out: dict[int, int] = {}
     cs = img.header.cluster_size

@@ -21,7 +21,7 @@ import numpy as np
 from ...findings import Severity
 from ...model import image
 from ...model import tables as T
-from ...model.header import QCOW_MAX_L1_SIZE
+from ...model.qcow2_header import QCOW_MAX_L1_SIZE
 from ...model.image import L1Group
 from ...model.tables import Kind
 from .imrt import OWNER, CheckRun, Refs, capped, room_for

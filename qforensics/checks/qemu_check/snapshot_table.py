@@ -9,7 +9,7 @@ checks of each snapshot entry before the snapshot's L1 table is walked. Spec (do
 from __future__ import annotations
 
 from ...findings import Severity
-from ...model.header import QCOW_MAX_L1_SIZE, QCOW_MAX_SNAPSHOTS, _table_offset_invalid
+from ...model.qcow2_header import QCOW_MAX_L1_SIZE, QCOW_MAX_SNAPSHOTS, _table_offset_invalid
 from ...text import clip
 from .imrt import CheckRun
 

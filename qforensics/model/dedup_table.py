@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..findings import Finding, Severity
-from .header import Header
+from .qcow2_header import Header
 from .tables import be_u64
 
 ENTRY_SIZE = 40

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from ..errors import UsageError
 from ..findings import Finding, Severity
-from .header import QCOW_MAX_SNAPSHOTS, QCOW_SNAPSHOT_HEADER_SIZE, Header
+from .qcow2_header import QCOW_MAX_SNAPSHOTS, QCOW_SNAPSHOT_HEADER_SIZE, Header
 from .kaitai import decode_name
 
 QCOW_MAX_SNAPSHOT_EXTRA_DATA = 1024

@@ -12,7 +12,7 @@ import numpy as np
 
 from ..findings import Finding, Severity
 from ..formats.qcow2_header import Qcow2Header
-from .header import QCOW_CRYPT_LUKS, Header
+from .qcow2_header import QCOW_CRYPT_LUKS, Header
 from .kaitai import StructureError, decode_name, parse
 
 END = 0x00000000
