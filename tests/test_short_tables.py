@@ -12,7 +12,7 @@ from test_check_vs_qemu import QEMU_KEYS, qemu_check
 
 from qforensics import open_image
 from qforensics.checks import check_image
-from qforensics.checks.drafts import guest_to_host
+from qforensics.checks.dedup_table import guest_to_host
 from qforensics.model import tables as T
 
 

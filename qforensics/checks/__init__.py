@@ -17,9 +17,14 @@ from ..layers.chain import ChainError, Consent, open_chain
 from ..layout import Layout, claim_l2_batch, finish_layout, start_layout
 from ..text import clip
 from .compressed import check_compressed
-from .drafts import check_dedup, check_draft_bitmaps, check_journals, explain_qemu_leaks
+from .bitmaps import check_bitmap_rules
+from .dedup_table import check_dedup
+from .draft_dirty_bitmaps import check_draft_bitmaps
+from .drafts import explain_qemu_leaks
+from .journal import check_journals
 from .l1_l2_entries import check_entries
-from .structures import check_bitmap_rules, check_header_rules, check_snapshot_rules
+from .qcow2_header import check_header_rules
+from .snapshot_table import check_snapshot_rules
 from .overlaps import check_overlaps
 from .qemu_check import Stats, check_refcounts
 
