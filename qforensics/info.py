@@ -12,8 +12,8 @@ from datetime import UTC, datetime
 
 from .layout import Layout, build_layout
 from .model import Image
-from .model.qcow2_header_extensions import FEATURE_NAME_TABLE
-from .model.kaitai import opt
+from .model.qcow2_header_extensions import (FEATURE_NAME_TABLE, BitmapsBody, CryptoBody, DedupBody,
+                                            DraftBitmapsBody, NameBody)
 from .model.qcow2_header import COMPRESSION_TYPES, CRYPT_METHODS, FEATURE_GROUPS, KNOWN_MASKS
 
 QEMU_DRAFT_BIT1 = "deduplication (2012 draft, dedup extension present)"
@@ -153,9 +153,9 @@ def _add_drafts(img: Image, info: dict, layout: Layout | None) -> None:
         table = img.dedup_table
         info["deduplication"] = {
             "draft": "2012-2013 deduplication RFC (seed 000)",
-            "table-offset": d.ofs_dedup_table, "table-size": d.len_dedup_table,
+            "table-offset": d.dedup_table_offset, "table-size": d.dedup_table_size,
             "table-size-unit": "level-1 entries",
-            "hash-algorithm": "sha256" if opt(d, "hash_algorithm") in (None, 0) else int(d.hash_algorithm),
+            "hash-algorithm": "sha256" if d.hash_algorithm in (None, 0) else d.hash_algorithm,
             "l2-entries-per-cluster": table.entries_per_cluster if table else None,
             "l2-cluster-offsets": table.l2_offsets if table else [],
         }
@@ -184,17 +184,16 @@ def _extension_json(e) -> dict:
     if e.magic == FEATURE_NAME_TABLE and body is not None:
         out["entries"] = [{"type": int(x.feature_type), "bit": x.bit,
                            "name": x.name.rstrip(b"\0").decode("utf-8", "backslashreplace")} for x in body.entries]
-    elif hasattr(body, "ofs_bitmap_directory"):
-        out.update({"nb-bitmaps": body.num_bitmaps, "bitmap-directory-size": body.len_bitmap_directory,
-                    "bitmap-directory-offset": body.ofs_bitmap_directory})
-    elif hasattr(body, "ofs_encryption_header"):
-        out.update({"encryption-header-offset": body.ofs_encryption_header,
-                    "encryption-header-length": body.len_encryption_header})
-    elif hasattr(body, "ofs_dirty_bitmaps"):
-        out.update({"nb-dirty-bitmaps": body.num_dirty_bitmaps, "dirty-bitmaps-offset": body.ofs_dirty_bitmaps})
-    elif hasattr(body, "ofs_dedup_table"):
-        out.update({"dedup-table-offset": body.ofs_dedup_table, "dedup-table-size": body.len_dedup_table})
-    elif hasattr(body, "name"):
+    elif isinstance(body, BitmapsBody):
+        out.update({"nb-bitmaps": body.nb_bitmaps, "bitmap-directory-size": body.bitmap_directory_size,
+                    "bitmap-directory-offset": body.bitmap_directory_offset})
+    elif isinstance(body, CryptoBody):
+        out.update({"encryption-header-offset": body.offset, "encryption-header-length": body.length})
+    elif isinstance(body, DraftBitmapsBody):
+        out.update({"nb-dirty-bitmaps": body.nb_dirty_bitmaps, "dirty-bitmaps-offset": body.dirty_bitmaps_offset})
+    elif isinstance(body, DedupBody):
+        out.update({"dedup-table-offset": body.dedup_table_offset, "dedup-table-size": body.dedup_table_size})
+    elif isinstance(body, NameBody):
         out["value"] = body.name.decode("utf-8", "backslashreplace")
     return out
 

@@ -21,6 +21,7 @@ import numpy as np
 
 from .model import Image, Unreadable
 from .model import tables as T
+from .model.image import L1Group, L1References
 from .model.journal import JournalArea, find_journals
 from .text import clip
 
@@ -221,14 +222,16 @@ def build_layout(img: Image, *, journals: bool = True, graph: bool = False) -> L
     With ``graph`` the references are kept as edges and data is split into
     extents (runs of contiguous host clusters in consecutive L2 entries).
     """
-    lay = start_layout(img, graph=graph)
+    lay = start_layout(img, img.l1_groups(), graph=graph)
     finish_layout(img, lay, journals=journals)
     return lay
 
 
-def start_layout(img: Image, *, graph: bool = False) -> Layout:
+def start_layout(img: Image, groups: list[L1Group], active_l1: L1References | None = None, *,
+                 graph: bool = False) -> Layout:
     """Claim the metadata up to the L2 tables; their data waits in ``pending_data``, to be claimed from
-    L2 batches someone else already read (``claim_l2_batch``) or by ``finish_layout``."""
+    L2 batches someone else already read (``claim_l2_batch``) or by ``finish_layout``. ``groups``:
+    ``img.l1_groups()``; ``active_l1``: the active L1's ``img.l1_references``, if the caller has it."""
     h = img.header
     cb, cs = h.cluster_bits, h.cluster_size
     n = -(-img.file.size // cs)
@@ -256,7 +259,7 @@ def start_layout(img: Image, *, graph: bool = False) -> Layout:
         lay.claim_range(snaptable)
         lay.link(header, snaptable, "snapshots_offset")
     seen_l2: dict[int, Structure] = {}
-    for group in img.l1_groups():
+    for k_group, group in enumerate(groups):
         if not group.entries:
             continue
         l1_nodes = []
@@ -274,7 +277,8 @@ def start_layout(img: Image, *, graph: bool = False) -> Layout:
         # identical tables are walked once; past the budget of entries, snapshot tables are claimed only
         if not group.walked:
             continue
-        distinct, index, counts = img.l2_references(group.offset, group.entries)
+        distinct, index, counts = img.l2_references(group.offset, group.entries,
+                                                    active_l1 if k_group == 0 else None)
         owner = group.owners[0]
         past = distinct >= np.uint64(img.file.size)
         links: list[tuple[Structure, int, int]] = []  # (L2 node, first L1 index, entries naming it)
@@ -348,8 +352,9 @@ def _claim_refcount_blocks(lay: Layout, reftable: Structure, reft: np.ndarray) -
         lay.claim_many(np.array([c], dtype=np.int64), np.array([sid], dtype=np.int32), Role.REFCOUNT_BLOCK)
 
 
-def claim_l2_batch(img: Image, lay: Layout, offsets: list[int], desc: np.ndarray) -> None:
-    """Claim the data of the L2 tables in a batch already decoded elsewhere (each table once)."""
+def claim_l2_batch(img: Image, lay: Layout, offsets: list[int], desc: np.ndarray, first: np.ndarray | None) -> None:
+    """Claim the data of the L2 tables in a batch already decoded elsewhere (each table once); ``first``:
+    ``tables.contiguous_rows`` of the batch, as the reader worked it out."""
     rows, tables = [], []
     for r, o in enumerate(offsets):
         table = lay.pending_data.pop(o, None)  # a table listed twice in the batch is claimed once
@@ -358,7 +363,10 @@ def claim_l2_batch(img: Image, lay: Layout, offsets: list[int], desc: np.ndarray
             tables.append(table)
     if not rows:
         return
-    _claim_batch(img, lay, tables, desc if len(rows) == len(offsets) else desc[rows])
+    if len(rows) == len(offsets):
+        _claim_batch(img, lay, tables, desc, first)
+    else:
+        _claim_batch(img, lay, tables, desc[rows])
 
 
 def finish_layout(img: Image, lay: Layout, *, journals: bool = True) -> None:
@@ -374,7 +382,7 @@ def finish_layout(img: Image, lay: Layout, *, journals: bool = True) -> None:
         lay.pending_data.clear()
     bm = img.bitmaps_extension
     if bm is not None:
-        directory = lay.add(Role.BITMAP_DIRECTORY, bm.ofs_bitmap_directory, bm.len_bitmap_directory, "image",
+        directory = lay.add(Role.BITMAP_DIRECTORY, bm.bitmap_directory_offset, bm.bitmap_directory_size, "image",
                             "bitmap directory")
         lay.claim_range(directory)
         lay.link(header, directory, "bitmaps extension")
@@ -459,13 +467,15 @@ def _claim_data_batched(img: Image, lay: Layout, tables: list[Structure]) -> Non
         _claim_batch(img, lay, [by_offset[o] for o in offsets], desc)
 
 
-def _claim_batch(img: Image, lay: Layout, l2s: list[Structure], desc: np.ndarray) -> None:
-    """Claim the data clusters and compressed ranges of decoded L2 tables (rows of ``desc``)."""
+def _claim_batch(img: Image, lay: Layout, l2s: list[Structure], desc: np.ndarray, first=False) -> None:
+    """Claim the data clusters and compressed ranges of decoded L2 tables (rows of ``desc``; ``first``:
+    their ``tables.contiguous_rows`` if known, False if not yet worked out)."""
     h = img.header
     if h.has_data_file:
         return
     cb, cs = h.cluster_bits, h.cluster_size
-    first = T.contiguous_rows(desc, cs)
+    if first is False:
+        first = T.contiguous_rows(desc, cs)
     if first is not None:
         _claim_contiguous(lay, l2s, first, desc.shape[1])
         return

@@ -70,7 +70,7 @@ def test_survey_finds_what_the_model_reads(corpus, seeds):
                     assert (f"snapshot {snap.index} name", snap.entry_offset + 40 + snap.extra_data_size +
                             len(snap.id.encode()), len(snap.name.encode())) in s.strings
             if img.bitmaps:
-                assert s.anchors["bitmap directory"] == img.bitmaps_extension.ofs_bitmap_directory
+                assert s.anchors["bitmap directory"] == img.bitmaps_extension.bitmap_directory_offset
                 assert {b.entry_offset for b in img.bitmaps} <= {f.pos for f in s.fields
                                                                  if f.what.endswith("table offset")}
             if img.luks is not None:

@@ -22,11 +22,11 @@ from .dedup_table import check_dedup
 from .draft_dirty_bitmaps import check_draft_bitmaps
 from .drafts import explain_qemu_leaks
 from .journal import check_journals
-from .l1_l2_entries import check_entries
+from .l1_l2_entries import EntryRules
 from .qcow2_header import check_header_rules
 from .snapshot_table import check_snapshot_rules
 from .overlaps import check_overlaps
-from .qemu_check import Stats, check_refcounts
+from .qemu_check import RefcountCheck, Stats
 
 EXIT_CLEAN, EXIT_FAILED, EXIT_CORRUPT, EXIT_LEAKS = 0, 1, 2, 3
 # progress of check_image, in percent by stage (the refcount walk over the L2 tables is most of the time)
@@ -155,6 +155,17 @@ def _check_chain(img: Image, report: CheckReport, consent: Consent | None, named
             f.close()
 
 
+def _one_pass(img: Image, groups, active_l1, layout: Layout, entries: EntryRules) -> tuple[list[Finding], Stats]:
+    """The one pass over the L2 tables: the refcount walk reads and checks each batch, then the host layout
+    claims its data and the entry rules judge it. Returns qemu's check (its in-memory refcount table is
+    let go on return)."""
+    refcounts = RefcountCheck.start(img, groups, active_l1)
+    for batch in refcounts.l2_batches():
+        claim_l2_batch(img, layout, batch.offsets, batch.desc, batch.contiguous_first())
+        entries.batch(batch.offsets, batch.desc, batch.bitmap)
+    return refcounts.finish()
+
+
 def _check_image(img: Image, p) -> CheckReport:
     refusals = img.check_refusals
     if not img.geometry_ok:
@@ -163,9 +174,13 @@ def _check_image(img: Image, p) -> CheckReport:
                                            "only the header was checked", "qcow2 header", 20)]
         return CheckReport(findings, Stats(), refusals)
     p.describe("refcounts and L2 tables")
-    layout = start_layout(img)
-    refcount_findings, stats = check_refcounts(
-        img, on_batch=lambda offsets, desc: claim_l2_batch(img, layout, offsets, desc))
+    # the L1 groups and the active L1's references, worked out once for every consumer of the L2 tables
+    groups = img.l1_groups()
+    active = groups[0]
+    active_l1 = img.l1_references(active.offset, active.entries) if active.walked and active.entries else None
+    layout = start_layout(img, groups, active_l1)
+    entries = EntryRules(img, groups, active_l1)
+    refcount_findings, stats = _one_pass(img, groups, active_l1, layout, entries)
     if refusals:
         refcount_findings = [replace(f, qemu_check=None, qemu_counts=None) for f in refcount_findings]
     findings = list(refcount_findings)
@@ -179,7 +194,7 @@ def _check_image(img: Image, p) -> CheckReport:
     findings += check_overlaps(layout, exact_ends)
     p.advance(CHECK_STAGES["overlaps"])
     p.describe("entries")
-    findings += check_entries(img)
+    findings += entries.finish()
     p.advance(CHECK_STAGES["entries"])
     p.describe("header, snapshots, bitmaps, drafts")
     findings += check_header_rules(img)

@@ -22,6 +22,7 @@ import numpy as np
 from ..findings import Finding, Listing, Severity
 from ..model import Image
 from ..model import tables as T
+from ..model.image import L1Group, L1References
 
 MAX_PER_TABLE = 64  # entries listed per L2 table and code; the rest of the table in one ".more" finding
 MAX_LISTED = 10_000  # findings listed per code in the whole image; past it the rest are only counted
@@ -30,38 +31,81 @@ COPIED_UNALLOCATED = "l2.copied_unallocated"
 _COPIED_NO_OFFSET_MASK = T.OFLAG_COPIED | T.OFLAG_COMPRESSED | T.L2E_OFFSET_MASK
 
 
-def check_entries(img: Image) -> list[Finding]:
-    h = img.header
-    # the rules judged table by table; otherwise only the COPIED rule applies (every image without an external
-    # data file), and a batch is judged in one pass, its tables singled out only where an entry breaks it
-    per_table = h.version < 3 or h.extended_l2 or h.has_data_file
-    out: list[Finding] = []
-    listing = Listing(MAX_LISTED)
-    seen: set[int] = set()
-    for group in img.l1_groups():
-        if not group.walked:
-            continue  # past the budget of L1 entries (check says so)
-        distinct, first, _ = img.l2_references(group.offset, group.entries)
-        # tables another owner named first are judged once, under that owner; past the end of the file
-        # a table reads as zeros, where no rule applies
-        new = {o: i for o, i in zip(distinct.tolist(), first.tolist(), strict=True)
-               if o not in seen and o < img.file.size}
-        seen |= new.keys()
-        owner = group.owners[0]
-        for offsets, desc, bitmap in img.l2_batches(list(new)):
-            if per_table:
-                rows, hits = range(len(offsets)), None
-            else:
-                hits = np.count_nonzero((desc & _COPIED_NO_OFFSET_MASK) == T.OFLAG_COPIED, axis=1)
-                rows = np.flatnonzero(hits).tolist()
-            for k, r in enumerate(rows):
-                if hits is not None and not listing.room(COPIED_UNALLOCATED):
-                    listing.drop(COPIED_UNALLOCATED, int(hits[rows[k:]].sum()))  # counted in bulk, not listed
-                    break
-                l2_offset = offsets[r]
-                out += _l2_rules(img, owner, new[l2_offset], l2_offset, desc[r], None if bitmap is None else bitmap[r],
-                                 listing)
-    return out + listing.summaries()
+class EntryRules:
+    """The rules, judged on L2 batches another walk reads (``batch``), and ``finish`` for the findings.
+
+    Each table is judged once, under the owner that names it first (the active L1, then the snapshot L1s
+    walked, in the order of ``groups``: ``img.l1_groups()``), in that order. Tables past the end of the file
+    read as zeros, where no rule applies. The refcount walk hands on most of them: not those past its budget
+    of L2 tables, nor the snapshots' when qemu's check stops at the snapshot table; those are read here, in
+    their place, so the findings come in the same order either way.
+    """
+
+    def __init__(self, img: Image, groups: list[L1Group], active_l1: L1References | None = None) -> None:
+        h = img.header
+        self.img = img
+        # the rules judged table by table; otherwise only the COPIED rule applies (every image without an
+        # external data file), and a batch is judged in one pass, its tables singled out only where an entry
+        # breaks it
+        self.per_table = h.version < 3 or h.extended_l2 or h.has_data_file
+        self.out: list[Finding] = []
+        self.listing = Listing(MAX_LISTED)
+        self.tables: list[tuple[int, str, int]] = []  # (L2 offset, owner, first L1 index), in judging order
+        self.position: dict[int, int] = {}
+        for k, group in enumerate(groups):
+            if not group.walked:
+                continue  # past the budget of L1 entries (check says so)
+            distinct, first, _ = img.l2_references(group.offset, group.entries, active_l1 if k == 0 else None)
+            owner = group.owners[0]
+            for o, i in zip(distinct.tolist(), first.tolist(), strict=True):
+                if o not in self.position and o < img.file.size:
+                    self.position[o] = len(self.tables)
+                    self.tables.append((o, owner, i))
+        self.next = 0  # the tables before it are judged
+
+    def batch(self, offsets: list[int], desc: np.ndarray, bitmap: np.ndarray | None) -> None:
+        """Judge the tables of a batch not judged yet (first those before them that were not handed on)."""
+        position, rows = self.position, []
+        for r, o in enumerate(offsets):
+            p = position.get(o, -1)
+            if p < self.next:
+                continue  # not one of ours (unaligned, past the file), or judged already
+            if p > self.next:
+                self._judge(offsets, desc, bitmap, rows)
+                rows = []
+                self._read(p)
+            rows.append(r)
+            self.next = p + 1
+        self._judge(offsets, desc, bitmap, rows)
+
+    def finish(self) -> list[Finding]:
+        self._read(len(self.tables))
+        return self.out + self.listing.summaries()
+
+    def _read(self, end: int) -> None:
+        """Read and judge the tables from ``next`` to ``end``, which no batch handed on."""
+        if end > self.next:
+            todo = [t[0] for t in self.tables[self.next:end]]
+            self.next = end
+            for offsets, desc, bitmap in self.img.l2_batches(todo):
+                self._judge(offsets, desc, bitmap, range(len(offsets)))
+
+    def _judge(self, offsets: list[int], desc: np.ndarray, bitmap: np.ndarray | None, rows) -> None:
+        if not len(rows):
+            return
+        listing = self.listing
+        hits = None
+        if not self.per_table:
+            hits = np.count_nonzero((desc & _COPIED_NO_OFFSET_MASK) == T.OFLAG_COPIED, axis=1)
+            sel = np.asarray(rows)
+            rows = (np.flatnonzero(hits) if sel.size == len(offsets) else sel[hits[sel] != 0]).tolist()
+        for k, r in enumerate(rows):
+            if hits is not None and not listing.room(COPIED_UNALLOCATED):
+                listing.drop(COPIED_UNALLOCATED, int(hits[rows[k:]].sum()))  # counted in bulk, not listed
+                break
+            l2_offset, owner, l1_index = self.tables[self.position[offsets[r]]]
+            self.out += _l2_rules(self.img, owner, l1_index, l2_offset, desc[r],
+                                  None if bitmap is None else bitmap[r], listing)
 
 
 def _l2_rules(img: Image, owner: str, l1_index: int, l2_offset: int, desc: np.ndarray,

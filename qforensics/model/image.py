@@ -20,8 +20,8 @@ from ..findings import Finding, Severity
 from ..evidence.file import FileLayer
 from ..text import clip
 from . import tables
-from .qcow2_header_extensions import (BACKING_FORMAT, BITMAPS, DEDUPLICATION, EXTERNAL_DATA_FILE, FULL_DISK_ENCRYPTION,
-                         Extensions, read_extensions)
+from .qcow2_header_extensions import (BACKING_FORMAT, BITMAPS, DEDUPLICATION, EXTERNAL_DATA_FILE,
+                                      FULL_DISK_ENCRYPTION, BitmapsBody, Extensions, read_extensions)
 from .qcow2_header import (KAITAI_TO_SPEC, FIELDS, MAGIC, MAX_CLUSTER_BITS, MIN_CLUSTER_BITS, QCOW_CRYPT_LUKS,
                      QCOW_MAX_L1_SIZE, QCOW_MAX_REFTABLE_SIZE, Header, check_header, feature_names, parse_header,
                      with_cluster_bits)
@@ -126,8 +126,6 @@ class Image:
         self.path = Path(path)
         self.file = FileLayer(path)
         self._cluster_bits = cluster_bits
-        self._last_l1: tuple[tuple[int, int], L1References] | None = None
-        self._groups: tuple[int, list[L1Group]] | None = None
         try:
             self._open()
         except BaseException:
@@ -257,7 +255,7 @@ class Image:
     def bitmaps_extension(self):
         """The upstream (24-byte) bitmaps extension body, or None."""
         ext = self.extensions.first(BITMAPS)
-        if ext is None or ext.body is None or not hasattr(ext.body, "num_bitmaps"):
+        if ext is None or not isinstance(ext.body, BitmapsBody):
             return None
         return ext.body
 
@@ -268,8 +266,9 @@ class Image:
             return [], []
         from .bitmaps import check_bitmap_tables, read_bitmap_directory
 
-        bitmaps, findings = read_bitmap_directory(self.header, self.file.read, self.file.size, ext.num_bitmaps,
-                                                  ext.ofs_bitmap_directory, min(ext.len_bitmap_directory, 1024 * 65535))
+        bitmaps, findings = read_bitmap_directory(self.header, self.file.read, self.file.size, ext.nb_bitmaps,
+                                                  ext.bitmap_directory_offset,
+                                                  min(ext.bitmap_directory_size, 1024 * 65535))
         if not any(f.qemu_message for f in findings):
             findings += check_bitmap_tables(self.header, bitmaps, self.bitmap_table)
         return bitmaps, findings
@@ -285,8 +284,7 @@ class Image:
             return None, []
         from .luks1_header import read_luks_header
 
-        header, findings = read_luks_header(self.file.read, ext.body.ofs_encryption_header,
-                                            ext.body.len_encryption_header)
+        header, findings = read_luks_header(self.file.read, ext.body.offset, ext.body.length)
         if any(f.code.startswith("extension.crypto_") and f.refused_by_qemu for f in self.extensions.findings):
             # qemu stops at the refused pointer and never reads the header: what is wrong with it is ours to
             # say, not a second refusal of qemu's
@@ -309,7 +307,7 @@ class Image:
             return None, []
         from .dedup_table import read_dedup_table
 
-        return read_dedup_table(self.header, self.file.read, self.file.size, d.ofs_dedup_table, d.len_dedup_table)
+        return read_dedup_table(self.header, self.file.read, self.file.size, d.dedup_table_offset, d.dedup_table_size)
 
     @property
     def dedup_table(self) -> DedupTable | None:
@@ -323,8 +321,8 @@ class Image:
             return [], []
         from .draft_dirty_bitmaps import read_draft_bitmaps
 
-        return read_draft_bitmaps(self.file.read, self.file.size, ext.body.num_dirty_bitmaps,
-                                  ext.body.ofs_dirty_bitmaps)
+        return read_draft_bitmaps(self.file.read, self.file.size, ext.body.nb_dirty_bitmaps,
+                                  ext.body.dirty_bitmaps_offset)
 
     @property
     def draft_bitmaps(self) -> list[DraftBitmap]:
@@ -352,13 +350,9 @@ class Image:
     def l1_groups(self, budget: int | None = None) -> list[L1Group]:
         """The active L1 and the snapshot L1s QEMU would follow, snapshots naming the same table (offset and
         size) in one group. The active table is always walked; a snapshot group only while its readable
-        entries fit in what is left of ``budget`` (entries, across the groups walked)."""
+        entries fit in what is left of ``budget`` (entries, across the groups walked). Worked out anew each
+        time: a caller with several consumers works them out once and passes them on."""
         budget = MAX_L1_WALK if budget is None else budget
-        if self._groups is None or self._groups[0] != budget:  # the layout and each check ask in turn
-            self._groups = budget, self._l1_groups(budget)
-        return self._groups[1]
-
-    def _l1_groups(self, budget: int) -> list[L1Group]:
         h = self.header
         size = self.file.size
 
@@ -391,23 +385,20 @@ class Image:
     def l1_references(self, offset: int, entries: int) -> L1References:
         """The nonzero entries of an L1 table as QEMU reads it (past the end of the file the table reads as
         zeros, which reference nothing, so only the part inside the file is read), and the distinct L2
-        tables they name. The last table asked for is kept: the layout and the checks walk the same one."""
-        key = (offset, entries)
-        if self._last_l1 is not None and self._last_l1[0] == key:
-            return self._last_l1[1]
+        tables they name (worked out anew each time: a caller with several consumers passes them the value)."""
         n = max(0, min(entries, -(-(self.file.size - offset) // 8)))
         raw = self.file.read(offset, n * 8) if n else b""
         l1 = tables.l1_entries(raw.ljust(n * 8, b"\0"))
         index = np.flatnonzero(l1)
         l1 = l1[index]
-        refs = L1References(index, l1, *tables.repeats(l1 & tables.L1E_OFFSET_MASK))
-        self._last_l1 = key, refs
-        return refs
+        return L1References(index, l1, *tables.repeats(l1 & tables.L1E_OFFSET_MASK))
 
-    def l2_references(self, offset: int, entries: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def l2_references(self, offset: int, entries: int,
+                      refs: L1References | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The distinct cluster-aligned L2 tables an L1 table names: their offsets, the L1 index that first
-        names each, and how many entries name each (arrays: 4M entries may name a few tables over and over)."""
-        refs = self.l1_references(offset, entries)
+        names each, and how many entries name each (arrays: 4M entries may name a few tables over and over).
+        ``refs``: the table's ``l1_references``, if the caller has them."""
+        refs = self.l1_references(offset, entries) if refs is None else refs
         keep = np.flatnonzero((refs.distinct != 0) & (refs.distinct % np.uint64(self.header.cluster_size) == 0))
         return refs.distinct[keep], refs.index[refs.first[keep]], refs.counts[keep]
 

@@ -98,7 +98,6 @@ class Header:
     header_length: int
     compression_type: int
     padding: bytes
-    parsed: Qcow2Header
 
     @property
     def cluster_size(self) -> int:
@@ -177,7 +176,6 @@ def parse_header(data: bytes) -> Header:
         compression_type=int(h.compression_type) if v3 and h.len_header > 104 else 0,
         # the padding runs to header_length, not always to 112: past it the first extension begins
         padding=h.reserved_compression_padding[:min(h.len_header, 112) - 105] if v3 and h.len_header > 105 else b"",
-        parsed=h,
     )
 
 

@@ -13,7 +13,7 @@ import numpy as np
 from ..findings import Finding, Severity
 from ..formats.qcow2_header import Qcow2Header
 from .qcow2_header import QCOW_CRYPT_LUKS, Header
-from .kaitai import StructureError, decode_name, parse
+from .kaitai import StructureError, decode_name, opt, parse
 
 END = 0x00000000
 BACKING_FORMAT = 0xE2792ACA
@@ -54,6 +54,48 @@ class FeatureNameTable:
     entries: list[FeatureName]
 
 
+# The bodies the model hands out (spec names), in place of the generated parsers' objects
+@dataclass(frozen=True)
+class NameBody:
+    """Backing file format name, external data file name: the bytes as stored."""
+
+    name: bytes
+
+
+@dataclass(frozen=True)
+class BitmapsBody:
+    """Spec "Bitmaps extension"."""
+
+    nb_bitmaps: int
+    bitmap_directory_size: int
+    bitmap_directory_offset: int
+
+
+@dataclass(frozen=True)
+class CryptoBody:
+    """Spec "Full disk encryption header pointer"."""
+
+    offset: int
+    length: int
+
+
+@dataclass(frozen=True)
+class DraftBitmapsBody:
+    """The 12-byte bitmaps extension of the 2015 draft (seed 003)."""
+
+    nb_dirty_bitmaps: int
+    dirty_bitmaps_offset: int
+
+
+@dataclass(frozen=True)
+class DedupBody:
+    """The deduplication extension of the 2012-2013 draft (seed 000); hash_algorithm None when absent."""
+
+    dedup_table_offset: int
+    dedup_table_size: int
+    hash_algorithm: int | None
+
+
 @dataclass
 class Extension:
     """One header extension: where it is, what it is, its raw and parsed body."""
@@ -62,7 +104,7 @@ class Extension:
     magic: int
     length: int
     data: bytes
-    body: Any = None  # the Kaitai object for the body, when it parsed
+    body: Any = None  # the body when it parsed: one of the dataclasses below (the model's, with spec names)
 
     @property
     def name(self) -> str:
@@ -187,7 +229,8 @@ def _parse_body(ext: Extension, h: Header, findings: list[Finding]) -> None:
 
     try:
         if ext.magic == BACKING_FORMAT:
-            ext.body = parse(Qcow2Header.BackingFileFormat, ext.data, structure=structure, offset=ext.data_offset)
+            ext.body = NameBody(parse(Qcow2Header.BackingFileFormat, ext.data, structure=structure,
+                                      offset=ext.data_offset).name)
             if ext.length >= 16:
                 refuse("extension.backing_format_too_long",
                        f"backing file format name is {ext.length} bytes; QEMU accepts at most 15",
@@ -200,8 +243,9 @@ def _parse_body(ext: Extension, h: Header, findings: list[Finding]) -> None:
                      f"the last {ext.length - usable} bytes are ignored")
             _feature_name_rules(ext, usable, findings)
             try:
-                ext.body = parse(Qcow2Header.FeatureNameTable, ext.data[:usable], structure=structure,
-                                 offset=ext.data_offset)
+                table = parse(Qcow2Header.FeatureNameTable, ext.data[:usable], structure=structure,
+                              offset=ext.data_offset)
+                ext.body = FeatureNameTable([FeatureName(int(e.feature_type), e.bit, e.name) for e in table.entries])
             except StructureError:  # a bit number above 63 (reported above): keep the other entries
                 rows = [ext.data[i:i + FEATURE_ENTRY_SIZE] for i in range(0, usable, FEATURE_ENTRY_SIZE)]
                 ext.body = FeatureNameTable([FeatureName(r[0], r[1], r[2:]) for r in rows])
@@ -214,9 +258,10 @@ def _parse_body(ext: Extension, h: Header, findings: list[Finding]) -> None:
                 refuse("extension.crypto_length", f"full disk encryption header pointer is {ext.length} bytes, not 16",
                        f"CRYPTO header extension size {ext.length}, but expected size 16")
             if ext.length >= 16:
-                ext.body = parse(Qcow2Header.FullDiskEncryptionHeaderPointer, ext.data[:16], structure=structure,
-                                 offset=ext.data_offset)
-                ofs = ext.body.ofs_encryption_header
+                pointer = parse(Qcow2Header.FullDiskEncryptionHeaderPointer, ext.data[:16], structure=structure,
+                                offset=ext.data_offset)
+                ext.body = CryptoBody(pointer.ofs_encryption_header, pointer.len_encryption_header)
+                ofs = ext.body.offset
                 if h.crypt_method == QCOW_CRYPT_LUKS and ext.length == 16 and ofs % h.cluster_size:
                     refuse("extension.crypto_offset_unaligned",
                            f"encryption header offset 0x{ofs:x} is not aligned to the cluster size 0x{h.cluster_size:x}",
@@ -224,11 +269,14 @@ def _parse_body(ext: Extension, h: Header, findings: list[Finding]) -> None:
         elif ext.magic == BITMAPS:
             _bitmaps_extension(ext, h, refuse, note)
         elif ext.magic == EXTERNAL_DATA_FILE:
-            ext.body = parse(Qcow2Header.ExternalDataFileName, ext.data, structure=structure, offset=ext.data_offset)
+            ext.body = NameBody(parse(Qcow2Header.ExternalDataFileName, ext.data, structure=structure,
+                                      offset=ext.data_offset).name)
         elif ext.magic == DEDUPLICATION:
             from ..formats.dedup_table import DedupTable
 
-            ext.body = parse(DedupTable.DedupExtension, ext.data, structure=structure, offset=ext.data_offset)
+            d = parse(DedupTable.DedupExtension, ext.data, structure=structure, offset=ext.data_offset)
+            algorithm = opt(d, "hash_algorithm")
+            ext.body = DedupBody(d.ofs_dedup_table, d.len_dedup_table, None if algorithm is None else int(algorithm))
             note("extension.deduplication_draft", Severity.INFO,
                  "deduplication extension 0xCD8E819B from the 2012-2013 dedup draft; QEMU ignores it")
         else:
@@ -282,8 +330,9 @@ def _bitmaps_extension(ext: Extension, h: Header, refuse, note) -> None:
     if ext.length == 12:
         from ..formats.draft_dirty_bitmaps import DraftDirtyBitmaps
 
-        ext.body = parse(DraftDirtyBitmaps.DirtyBitmapsExtension, ext.data, structure="dirty bitmaps extension",
-                         offset=ext.data_offset)
+        draft = parse(DraftDirtyBitmaps.DirtyBitmapsExtension, ext.data, structure="dirty bitmaps extension",
+                      offset=ext.data_offset)
+        ext.body = DraftBitmapsBody(draft.num_dirty_bitmaps, draft.ofs_dirty_bitmaps)
         note("extension.early_dirty_bitmaps", Severity.INFO,
              "12-byte bitmaps extension: the 2015 draft dirty bitmaps layout, which QEMU never released")
     if ext.length != 24:
@@ -328,6 +377,7 @@ def _try_bitmaps_body(ext: Extension):
     from ..formats.bitmaps import Bitmaps
 
     try:
-        return parse(Bitmaps.BitmapsExtension, ext.data, structure="bitmaps extension", offset=ext.data_offset)
+        b = parse(Bitmaps.BitmapsExtension, ext.data, structure="bitmaps extension", offset=ext.data_offset)
+        return BitmapsBody(b.num_bitmaps, b.len_bitmap_directory, b.ofs_bitmap_directory)
     except StructureError:
         return None  # reserved != 0 or nb == 0: already reported above

@@ -13,7 +13,6 @@ management", "Bitmap table"; block/qcow2.h masks, qcow2_get_cluster_type and qco
 
 from __future__ import annotations
 
-import functools
 from enum import IntEnum
 
 import numpy as np
@@ -253,20 +252,6 @@ def repeats(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.
     return distinct[order], first[order], counts[order].astype(np.int64), rank[inverse]
 
 
-def _memo_last_batch(fn):
-    """Remember the answer for the last batch array (by identity, a reference kept so the identity
-    stays valid): the refcount walk and the host layout both ask about each batch, one after the other."""
-    last: list = [None, None, None]
-
-    @functools.wraps(fn)
-    def wrapper(desc: np.ndarray, cluster_size: int):
-        if last[0] is not desc or last[1] != cluster_size:
-            last[:] = desc, cluster_size, fn(desc, cluster_size)
-        return last[2]
-
-    return wrapper
-
-
 def unusual_bits(cluster_size: int) -> np.uint64:
     """The bits of a standard descriptor that no usual data entry has set: compressed, zero flag, reserved
     bits, and offset bits below the cluster size (unaligned). A batch of L2 tables none of whose entries has
@@ -274,7 +259,6 @@ def unusual_bits(cluster_size: int) -> np.uint64:
     return OFLAG_COMPRESSED | OFLAG_ZERO | L2E_STD_RESERVED_MASK | np.uint64((cluster_size - 1) & ~0x1FF)
 
 
-@_memo_last_batch
 def contiguous_rows(desc: np.ndarray, cluster_size: int) -> np.ndarray | None:
     """For a batch of standard L2 tables (rows), the first descriptor of each row when every row is one
     run of contiguous host clusters with the same flags and nothing unusual (compressed, zero flag,

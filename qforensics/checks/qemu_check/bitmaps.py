@@ -19,9 +19,9 @@ def check_bitmaps(run: CheckRun) -> None:
     """qcow2_check_bitmaps_refcounts: only when the extension is valid and autoclear bit 0 is set."""
     img = run.img
     ext = img.bitmaps_extension
-    if ext is None or not img.header.autoclear_features & 1 or not ext.num_bitmaps:
+    if ext is None or not img.header.autoclear_features & 1 or not ext.nb_bitmaps:
         return
-    run.inc_range(ext.ofs_bitmap_directory, ext.len_bitmap_directory, "bitmap directory")
+    run.inc_range(ext.bitmap_directory_offset, ext.bitmap_directory_size, "bitmap directory")
     for b in img.bitmaps:
         name = clip(b.name)
         run.inc_range(b.table_offset, b.table_size * 8, f"bitmap {name} table")

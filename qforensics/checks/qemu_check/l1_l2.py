@@ -13,8 +13,8 @@ snapshot walks, and its references and findings are multiplied (the counters sta
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -25,6 +25,26 @@ from ...model.qcow2_header import QCOW_MAX_L1_SIZE
 from ...model.image import L1Group
 from ...model.tables import Kind
 from .imrt import OWNER, CheckRun, Refs, capped, room_for
+
+
+@dataclass
+class L2Batch:
+    """A batch of distinct L2 tables as the walk read them (``Image.l2_batches``): their offsets, descriptors
+    (rows) and extended-L2 subcluster bitmaps (else None), handed on to every other consumer of the tables."""
+
+    offsets: list[int]
+    desc: np.ndarray
+    bitmap: np.ndarray | None
+    cluster_size: int
+    data_file: bool  # the image has an external data file: its entries reference no host cluster here
+    _first: tuple[np.ndarray | None] | None = field(default=None, repr=False)
+
+    def contiguous_first(self) -> np.ndarray | None:
+        """``tables.contiguous_rows`` of the batch (None with an external data file, where no fast path
+        applies), worked out at most once for the walk and the host layout."""
+        if self._first is None:
+            self._first = (None if self.data_file else T.contiguous_rows(self.desc, self.cluster_size),)
+        return self._first[0]
 
 
 @dataclass
@@ -221,9 +241,11 @@ def _count_allocated(run: CheckRun, b: _Batch, alloc: np.ndarray, offs: np.ndarr
         run.inc_clusters(offs, h.cluster_size, f"{owner} data", w, lambda j: b.refs(int(alloc[j]) // n))
 
 
-def walk(run: CheckRun, groups: list[L1Group], active: bool, on_batch) -> None:
+def walk(run: CheckRun, groups: list[L1Group], active: bool,
+         active_l1: image.L1References | None = None) -> Iterator[L2Batch]:
     """check_refcounts_l1 for every owner of every group; for the active L1 also check_oflag_copied
-    (which reads only on-disk refcounts, so it can run in the same pass).
+    (which reads only on-disk refcounts, so it can run in the same pass). Yields each batch of L2 tables
+    once it is checked, for the caller to hand on (``active_l1``: the active L1's references, if known).
 
     Each distinct L2 table is read once for all the groups and counted as often as QEMU would walk it
     (spec "L1 table": an L2 table may be named by several entries, a snapshot's L1 by several snapshots,
@@ -239,7 +261,7 @@ def walk(run: CheckRun, groups: list[L1Group], active: bool, on_batch) -> None:
         if not g.walked:
             _not_walked(run, g)
             continue
-        l1refs = run.img.l1_references(g.offset, g.entries)
+        l1refs = active_l1 if active and active_l1 is not None else run.img.l1_references(g.offset, g.entries)
         index, l1 = l1refs.index, l1refs.entries
         distinct, counts, inverse = l1refs.distinct, l1refs.counts, l1refs.inverse
         times = len(refs)
@@ -276,15 +298,16 @@ def walk(run: CheckRun, groups: list[L1Group], active: bool, on_batch) -> None:
     for offsets, desc, bitmap in run.img.l2_batches(tables.offsets[inside].tolist()):
         rows = inside[done:done + len(offsets)]
         done += len(offsets)
-        if on_batch is not None:
-            on_batch(offsets, desc)  # the host layout claims data from the same decoded tables
+        batch = L2Batch(offsets, desc, bitmap, run.cs, run.img.header.has_data_file)
         weight = tables.weight[rows]
         b = _Batch(offsets, None if (weight == 1).all() else weight, lambda r, rows=rows: tables.refs(int(rows[r])))
-        if bitmap is None and _contiguous_batch(run, b, desc, active, active):
+        if bitmap is None and _contiguous_batch(run, b, batch, active, active):
+            yield batch
             continue
         alloc, offs = _check_l2_batch(run, b, desc, bitmap, owner, active)
         if active:
             oflag_l2(run, b, desc, alloc, offs)
+        yield batch
 
 
 def _distinct_tables(found: list[tuple[L1Group, np.ndarray, np.ndarray]]) -> _Tables:
@@ -325,7 +348,7 @@ def _not_walked(run: CheckRun, g: L1Group) -> None:
             "snapshot table", g.snapshots[0].entry_offset if g.snapshots else None, None, None)
 
 
-def _contiguous_batch(run: CheckRun, b: _Batch, desc: np.ndarray, frag: bool, active: bool) -> bool:
+def _contiguous_batch(run: CheckRun, b: _Batch, batch: L2Batch, frag: bool, active: bool) -> bool:
     """The whole of check_refcounts_l2 and check_oflag_copied for a batch whose every table is one run of
     contiguous normal clusters (``tables.contiguous_rows``), when no finding can come of it; False (and
     nothing done) otherwise, for the general path to judge the batch.
@@ -336,10 +359,10 @@ def _contiguous_batch(run: CheckRun, b: _Batch, desc: np.ndarray, frag: bool, ac
     """
     if run.img.header.has_data_file or 0 in b.offsets:
         return False  # data file: no references counted; offset 0: qemu skips the L1 entry for OFLAG_COPIED
-    first = T.contiguous_rows(desc, run.cs)
+    first = batch.contiguous_first()
     if first is None:
         return False
-    n = desc.shape[1]
+    n = batch.desc.shape[1]
     lo = ((first & T.L2E_OFFSET_MASK) >> np.uint64(run.cb)).astype(np.int64).tolist()
     if max(lo) + n > run.nb_clusters:
         return False  # past the end of the file: inc_range names those references
