@@ -104,9 +104,11 @@ class Listing:
         return [more(code, n) for code, n in self.dropped.items()]
 
 
-def more(code: str, n: int) -> Finding:
-    """The ".more" finding that stands for ``n`` findings of ``code`` past a listing cap."""
-    return Finding(code + ".more", Severity.INFO, f"{n} more findings of {code} not listed", "report", None, repeat=n)
+def more(code: str, n: int, qemu_counts: str | None = None) -> Finding:
+    """The ".more" finding that stands for ``n`` findings of ``code`` past a listing cap (``qemu_counts``: the
+    qemu-img check counter they add to, which stays exact)."""
+    return Finding(code + ".more", Severity.INFO, f"{n} more findings of {code} not listed", "report", None,
+                   qemu_counts=qemu_counts, repeat=n)
 
 
 def clip_message(message: str, limit: int = MAX_MESSAGE) -> str:

@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from ...findings import Finding, Severity
+from ...findings import Finding, more
 from ...model import Image
 from ...model.image import L1Group, L1References
 from .bitmaps import check_bitmaps
@@ -85,8 +85,6 @@ class RefcountCheck:
         compare_refcounts(run)
         run.qemu_stopped = True
         refcounts_past_eof(run)
-        for (code, counts), n in run.dropped.items():
-            run.findings.append(Finding(code + ".more", Severity.INFO, f"{n} more findings of {code} not listed",
-                                        "report", None, qemu_counts=counts, repeat=n))
+        run.findings += [more(code, n, counts) for (code, counts), n in run.dropped.items()]
         return run.findings, run.stats
 

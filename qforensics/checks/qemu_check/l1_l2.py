@@ -141,10 +141,10 @@ def _compressed(l2: _L2Entries) -> None:
     comp = l2.types == Kind.COMPRESSED
     if not comp.any():
         return
-    mask = (1 << (62 - (h.cluster_bits - 8))) - 1
     for k in capped(run, "l2.compressed_copied", comp & ((desc & T.OFLAG_COPIED) != 0), weight_of=weight_of):
+        coffset = int(T.compressed_fields(desc[k:k + 1], h.cluster_bits)[0][0])
         run.add("l2.compressed_copied", Severity.CORRUPTION, f"compressed L2 entry {k % n} has OFLAG_COPIED set",
-                *where(k), f"ERROR: coffset=0x{int(desc[k]) & mask:x}: copied flag must never be set for "
+                *where(k), f"ERROR: coffset=0x{coffset:x}: copied flag must never be set for "
                 "compressed clusters", refs=b.refs(k // n))
     refused = comp.copy() if h.has_data_file else (comp & (bitmap != 0) if extended else np.zeros_like(comp))
     if h.has_data_file:
