@@ -15,10 +15,13 @@ import networkx as nx
 
 from .layout import Layout, build_layout
 from .model import Image
+from .model.journal import JournalArea
 
 
-def build_graph(img: Image) -> tuple[nx.MultiDiGraph, Layout]:
-    lay = build_layout(img, graph=True)
+def build_graph(img: Image, journals: list[JournalArea] | None = None) -> tuple[nx.MultiDiGraph, Layout]:
+    """The graph of ``img``; ``journals``, the ones the command's other layout found (else they are scanned).
+    Its layout is its own: data split into extents for nodes, which would change the checks' labels."""
+    lay = build_layout(img, graph=True, journals=True if journals is None else journals)
     g = nx.MultiDiGraph()
     for s in lay.structures:
         g.add_node(s.id, kind=s.role.name.lower(), offset=s.offset, offset_hex=f"0x{s.offset:x}",

@@ -216,11 +216,12 @@ class Layout:
         return np.flatnonzero(self.role == int(role))  # an IntEnum would be compared as int64: 20x slower
 
 
-def build_layout(img: Image, *, journals: bool = True, graph: bool = False) -> Layout:
+def build_layout(img: Image, *, journals: bool | list[JournalArea] = True, graph: bool = False) -> Layout:
     """Walk every referenced structure once and claim its clusters.
 
     With ``graph`` the references are kept as edges and data is split into
     extents (runs of contiguous host clusters in consecutive L2 entries).
+    ``journals``: scan the free clusters for them, or the ones another layout of the command already found.
     """
     lay = start_layout(img, img.l1_groups(), graph=graph)
     finish_layout(img, lay, journals=journals)
@@ -369,7 +370,7 @@ def claim_l2_batch(img: Image, lay: Layout, offsets: list[int], desc: np.ndarray
         _claim_batch(img, lay, tables, desc[rows])
 
 
-def finish_layout(img: Image, lay: Layout, *, journals: bool = True) -> None:
+def finish_layout(img: Image, lay: Layout, *, journals: bool | list[JournalArea] = True) -> None:
     """Claim the data still pending, then the structures outside the L1/L2 tree, then name overlaps."""
     if not img.geometry_ok:
         return
@@ -432,7 +433,7 @@ def finish_layout(img: Image, lay: Layout, *, journals: bool = True) -> None:
                 lay.link(l1_node, node, "L1 entries")
     resolve_data_owners(img, lay, seen_l2)
     if journals:
-        lay.journals = find_journals(img, lay.free_clusters())
+        lay.journals = journals if isinstance(journals, list) else find_journals(img, lay.free_clusters())
         for area in lay.journals:
             previous = None
             for k, jc in enumerate(area.clusters):

@@ -71,7 +71,7 @@ def build_report(path: str | os.PathLike[str], command_line: list[str] | None = 
                 info = build_info(img, str(path), report.layout)  # the check's layout: its journals
             bar.describe("structure graph")
             with bar.share(0.5):
-                graph, lay = build_graph(img)
+                graph, lay = build_graph(img, report.layout.journals if report.layout else None)
                 summary = summarize(graph)
             bar.describe("cluster map and findings")
             with bar.share(0.2):
