@@ -71,13 +71,14 @@ class Finding:
 
 class Listing:
     """How many findings of each code are listed so far: up to ``limit`` a code, past it the rest are only
-    counted (never formatted), and ``summaries`` gives one ".more" finding per code saying how many were left
-    out, so that no listing is ever cut silently."""
+    counted (never formatted), and ``summaries`` gives one ".more" finding per code (and qemu-img check
+    counter, for the findings that add to one) saying how many were left out, so that no listing is ever
+    cut silently."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.listed: dict[str, int] = {}
-        self.dropped: dict[str, int] = {}
+        self.dropped: dict[tuple[str, str | None], int] = {}  # (code, qemu counter) -> left out
 
     def room(self, code: str) -> int:
         return max(0, self.limit - self.listed.get(code, 0))
@@ -85,9 +86,13 @@ class Listing:
     def add(self, code: str, k: int = 1) -> None:
         self.listed[code] = self.listed.get(code, 0) + k
 
-    def drop(self, code: str, k: int) -> None:
+    def drop(self, code: str, k: int, qemu_counts: str | None = None) -> None:
+        """``k`` more findings of ``code`` past the cap: counted, never formatted (and count as listed, so the
+        cap stays reached)."""
         if k > 0:
-            self.dropped[code] = self.dropped.get(code, 0) + k
+            self.listed[code] = self.listed.get(code, 0) + k
+            key = (code, qemu_counts)
+            self.dropped[key] = self.dropped.get(key, 0) + k
 
     def keep(self, findings: list[Finding]) -> list[Finding]:
         """``findings`` with each code's past the limit taken out and counted."""
@@ -101,7 +106,7 @@ class Listing:
         return kept
 
     def summaries(self) -> list[Finding]:
-        return [more(code, n) for code, n in self.dropped.items()]
+        return [more(code, n, counts) for (code, counts), n in self.dropped.items()]
 
 
 def more(code: str, n: int, qemu_counts: str | None = None) -> Finding:

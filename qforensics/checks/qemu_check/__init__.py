@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from ...findings import Finding, more
+from ...findings import Finding
 from ...model import Image
 from ...model.image import L1Group, L1References
 from .bitmaps import check_bitmaps
@@ -85,6 +85,6 @@ class RefcountCheck:
         compare_refcounts(run)
         run.qemu_stopped = True
         refcounts_past_eof(run)
-        run.findings += [more(code, n, counts) for (code, counts), n in run.dropped.items()]
+        run.findings += run.listing.summaries()
         return run.findings, run.stats
 

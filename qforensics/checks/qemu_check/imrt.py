@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ...findings import Finding, Severity
+from ...findings import Finding, Listing, Severity
 from ...model import Image, Unreadable
 from ...model import tables as T
 
@@ -47,8 +47,7 @@ class CheckRun:
     img: Image
     findings: list[Finding] = field(default_factory=list)
     stats: Stats = field(default_factory=Stats)
-    per_code: dict[str, int] = field(default_factory=dict)
-    dropped: dict[tuple[str, str | None], int] = field(default_factory=dict)  # (code, counter) -> unlisted
+    listing: Listing = field(default_factory=lambda: Listing(MAX_FINDINGS_PER_CODE))  # the cap, and what it left
     qemu_stopped: bool = False  # past the point where qemu-img check gives up: our findings only
 
     def __post_init__(self) -> None:
@@ -82,7 +81,7 @@ class CheckRun:
         for owner, times in refs or ((None, 1),):
             listed = min(times, self.room(code))
             if listed:
-                self.per_code[code] = self.per_code.get(code, 0) + listed
+                self.listing.add(code, listed)
                 f = Finding(code, severity, message if owner is None else message.replace(OWNER, owner),
                             structure if owner is None else structure.replace(OWNER, owner), host_offset,
                             guest_offset, qemu_check=qemu_check, qemu_counts=counts)
@@ -91,15 +90,11 @@ class CheckRun:
 
     def room(self, code: str) -> int:
         """How many more findings of ``code`` can be listed before the cap."""
-        return max(0, MAX_FINDINGS_PER_CODE - self.per_code.get(code, 0))
+        return self.listing.room(code)
 
     def skip(self, code: str, k: int, counts: str | None = "corruptions") -> None:
         """``k`` more findings of ``code`` past the cap: counted (for the .more summary), never formatted."""
-        if k <= 0:
-            return
-        self.per_code[code] = self.per_code.get(code, 0) + k
-        key = (code, None if self.qemu_stopped else counts)
-        self.dropped[key] = self.dropped.get(key, 0) + k
+        self.listing.drop(code, k, None if self.qemu_stopped else counts)
 
     # -- in-memory refcount table ------------------------------------------------------------------------
 
