@@ -10,6 +10,8 @@ import re
 from dataclasses import dataclass
 from enum import StrEnum
 
+from .text import clip_message
+
 MAX_MESSAGE = 900  # characters a message may have; longer ones are clipped (see Finding.__post_init__), so that
 # a finding's line stays under text.MAX_LINE in human output and JSON
 
@@ -51,7 +53,7 @@ class Finding:
         # A backstop: the model clips image strings where it repeats them, but one message must never grow
         # with the image (a 64 KiB name, a list of offsets). qemu_message stays whole: it must equal qemu's.
         if len(self.message) > MAX_MESSAGE:
-            object.__setattr__(self, "message", clip_message(self.message))
+            object.__setattr__(self, "message", clip_message(self.message, MAX_MESSAGE))
 
     @property
     def refused_by_qemu(self) -> bool:
@@ -116,16 +118,15 @@ def more(code: str, n: int, qemu_counts: str | None = None) -> Finding:
                    qemu_counts=qemu_counts, repeat=n)
 
 
-def clip_message(message: str, limit: int = MAX_MESSAGE) -> str:
-    """``message`` cut to ``limit`` characters in all, ending with an ellipsis and its original length
-    (``"bitmap 'nnnn… (65574 characters)"``); a clipped message is not clipped again."""
-    if len(message) <= limit:
-        return message
-    tail = f"… ({len(message)} characters)"
-    return message[:max(limit - len(tail), 0)] + tail
-
-
 _NUMBER = re.compile(r"0x[0-9a-f]+|\d+")
+
+
+def _numbers(f: Finding) -> tuple[str, list[str], list[int]]:
+    """A finding's ``structure: message``, its numbers as written, and their values (hex or decimal: a
+    decimal with leading zeros, a date's "07", is decimal)."""
+    text = f"{f.structure}: {f.message}"
+    tokens = _NUMBER.findall(text)
+    return text, tokens, [int(t, 16) if t.startswith("0x") else int(t) for t in tokens]
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,30 +151,28 @@ def runs(findings: list[Finding], cluster_size: int) -> list[Run]:
     i, n = 0, len(findings)
     while i < n:
         f = findings[i]
-        text = f"{f.structure}: {f.message}"
-        skeleton, nums = _NUMBER.sub("#", text), _NUMBER.findall(text)
+        text, nums, values = _numbers(f)
+        skeleton = _NUMBER.sub("#", text)
         j, step, deltas = i + 1, None, None
+        prev, last_nums = values, nums
         while j < n:
             g = findings[j]
             if g.code != f.code or g.severity != f.severity or (g.host_offset is None) != (f.host_offset is None):
                 break
-            gtext = f"{g.structure}: {g.message}"
+            gtext, gnums, gvalues = _numbers(g)
             if _NUMBER.sub("#", gtext) != skeleton:
                 break
-            gnums = _NUMBER.findall(gtext)
-            prev = _NUMBER.findall(f"{findings[j - 1].structure}: {findings[j - 1].message}")
-            d = [int(b, 0) - int(a, 0) for a, b in zip(prev, gnums)]
+            d = [b - a for a, b in zip(prev, gvalues)]
             s = None if g.host_offset is None else g.host_offset - findings[j - 1].host_offset
             if (s is not None and not 0 <= s <= cluster_size) or (deltas is not None and (d != deltas or s != step)):
                 break
-            step, deltas = s, d
+            step, deltas, prev, last_nums = s, d, gvalues, gnums
             j += 1
         last = findings[j - 1]
         if j - i == 1:
             out.append(Run(f, f.repeat, 1, f.host_offset, None, text))
         else:
-            lnums = _NUMBER.findall(f"{last.structure}: {last.message}")
-            parts = iter(a if a == b else f"{a}-{b}" for a, b in zip(nums, lnums))
+            parts = iter(a if a == b else f"{a}-{b}" for a, b in zip(nums, last_nums))
             out.append(Run(f, sum(x.repeat for x in findings[i:j]), j - i, last.host_offset, step,
                            _NUMBER.sub(lambda _: next(parts), text)))
         i = j

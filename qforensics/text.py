@@ -66,12 +66,16 @@ def clip_lines(text: str, limit: int = MAX_LINE) -> str:
     """
     if len(text) <= limit:
         return text
-
-    def cut(m: re.Match) -> str:
-        tail = f"… ({len(m.group())} characters)"
-        return m.group()[:limit - len(tail)] + tail
-
-    return re.sub(r"[^\n]{%d,}" % (limit + 1), cut, text)
+    return re.sub(r"[^\n]{%d,}" % (limit + 1), lambda m: clip_message(m.group(), limit), text)
 
 
-__all__ = ["MAX_LINE", "MAX_SHOWN", "clip", "clip_lines", "terminal_safe"]
+def clip_message(message: str, limit: int) -> str:
+    """``message`` cut to ``limit`` characters in all, ending with an ellipsis and its original length
+    (``"bitmap 'nnnn… (65574 characters)"``); a clipped message is not clipped again."""
+    if len(message) <= limit:
+        return message
+    tail = f"… ({len(message)} characters)"
+    return message[:max(limit - len(tail), 0)] + tail
+
+
+__all__ = ["MAX_LINE", "MAX_SHOWN", "clip", "clip_lines", "clip_message", "terminal_safe"]

@@ -12,21 +12,21 @@ from dataclasses import dataclass, field, replace
 from .. import progress
 from ..errors import ImageOpenError
 from ..findings import Finding, Severity
-from ..model import Image
 from ..layers.chain import ChainError, Consent, open_chain
 from ..layout import Layout, claim_l2_batch, finish_layout, start_layout
+from ..model import Image
 from ..text import clip
-from .compressed import check_compressed
 from .bitmaps import check_bitmap_rules
+from .compressed import check_compressed
 from .dedup_table import check_dedup
 from .draft_dirty_bitmaps import check_draft_bitmaps
 from .drafts import explain_qemu_leaks
 from .journal import check_journals
 from .l1_l2_entries import EntryRules
-from .qcow2_header import check_header_rules
-from .snapshot_table import check_snapshot_rules
 from .overlaps import check_overlaps
+from .qcow2_header import check_header_rules
 from .qemu_check import RefcountCheck, Stats
+from .snapshot_table import check_snapshot_rules
 
 EXIT_CLEAN, EXIT_FAILED, EXIT_CORRUPT, EXIT_LEAKS = 0, 1, 2, 3
 # progress of check_image, in percent by stage (the refcount walk over the L2 tables is most of the time)

@@ -18,6 +18,7 @@ from pathlib import Path
 from ..errors import QforensicsError
 from ..evidence.file import FileLayer
 from ..model import Image
+from ..model.qcow2_header import MAGIC
 from ..paths import resolve_inside
 from ..text import clip
 from .qcow2 import Qcow2Layer
@@ -149,21 +150,22 @@ def _open_backing(path: Path, fmt: str | None, consent: Consent, opened: list, s
         raise ChainError(f"backing format {clip(fmt)!r} is not a format qemu knows", code="chain.format_unknown",
                          qemu_message=f"Unknown driver '{fmt}'")
     f = FileLayer(path)
-    if fmt == "raw" or (fmt is None and f.read(0, 4) != b"QFI\xfb"):
+    magic = f.read(0, 4)
+    if fmt == "raw" or (fmt is None and magic != MAGIC):
         opened.append(f)
         return RawLayer(f, str(path))
-    magic = f.read(0, 4)
     f.close()
     if fmt not in (None, "qcow2"):
         raise ChainError(f"backing format {fmt!r} is not read by qforensics (qcow2 and raw are)",
                          code="chain.format_unsupported")
-    if magic != b"QFI\xfb":
+    if magic != MAGIC:
         raise ChainError(f"{path} is not a qcow2 image (its backing format says qcow2)", code="chain.format_wrong",
                          qemu_message="Image is not in qcow2 format")
     try:
         img = Image(path)
-    except QforensicsError as exc:
-        raise ChainError(f"{path}: {exc}", code="chain.backing_refused") from None
+    except QforensicsError as exc:  # a header the parser refuses carries qemu's refusal, when qemu has one
+        raise ChainError(f"{path}: {exc}", code="chain.backing_refused",
+                         qemu_message=getattr(exc, "qemu_message", None)) from None
     opened.append(img)
     if img.open_refusals:
         first = img.open_refusals[0]

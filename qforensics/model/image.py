@@ -43,9 +43,6 @@ MAX_L1_WALK = 1 << 23
 # inside the file are at most the file, so only tables at unaligned offsets (which overlap one another, up
 # to cluster_size / 512 of them per cluster: 12 GB for a 100 MB file) go past it
 L2_WALK_SLACK = 32 << 20
-# qcow2_do_open in check mode (BDRV_O_CHECK, how `qemu-img check` opens): an empty refcount table is allowed
-# (the check counts every reference as a corruption) and the snapshot table is neither validated nor read
-# (qcow2_check_read_snapshot_table judges it during the check, which then fails instead)
 # header fields the generated parser refuses (their ksy `valid`), with QEMU's refusal for the same value
 PARSE_REFUSALS = {
     "cluster_bits": ("header.cluster_bits_unsupported", "Unsupported cluster size: 2^{}"),
@@ -53,6 +50,9 @@ PARSE_REFUSALS = {
     "refcount_order": ("header.refcount_order_too_large",
                        "Reference count entry width too large; may not exceed 64 bits"),
 }
+# qcow2_do_open in check mode (BDRV_O_CHECK, how `qemu-img check` opens): an empty refcount table is allowed
+# (the check counts every reference as a corruption) and the snapshot table is neither validated nor read
+# (qcow2_check_read_snapshot_table judges it during the check, which then fails instead)
 CHECK_MODE_ACCEPTS = ("header.refcount_table_missing", "header.snapshot_table", "snapshot.")
 
 
@@ -185,11 +185,12 @@ class Image:
                                               qemu_message="data-file-raw requires a data file", qemu_io_only=True))
         if h.backing_file_offset:
             raw = self.file.read(h.backing_file_offset, min(h.backing_file_size, 1023, MAX_CLUSTER0_READ))
-            self._backing_name = c_string(raw)
+            self._backing_name = c_string(raw) or None
             self.open_findings += name_findings(raw, "backing file name", h.backing_file_offset)
         else:
             self._backing_name = None
-        for magic, what in ((BACKING_FORMAT, "backing file format name"), (EXTERNAL_DATA_FILE, "external data file name")):
+        for magic, what in ((BACKING_FORMAT, "backing file format name"),
+                            (EXTERNAL_DATA_FILE, "external data file name")):
             ext = self.extensions.first(magic)
             if ext is not None:
                 self.open_findings += name_findings(ext.data, what, ext.data_offset)
@@ -229,7 +230,7 @@ class Image:
     def backing_file(self) -> str | None:
         """The backing file name as QEMU reads it: up to its first NUL byte, None when that leaves nothing
         (QEMU then opens no backing file). Never opened here."""
-        return self._backing_name or None
+        return self._backing_name
 
     @cached_property
     def backing_format(self) -> str | None:

@@ -41,8 +41,8 @@ MAX_LISTED = 64  # feature name table entries listed per rule; the rest are coun
 
 @dataclass(frozen=True)
 class FeatureName:
-    """A feature name table entry read from its bytes (spec "Feature name table"), for a table the generated
-    parser refuses as a whole because one entry's bit number is above 63."""
+    """A feature name table entry (spec "Feature name table"): from the generated parser, or read from its
+    bytes when the parser refuses the table as a whole (an entry's bit number above 63)."""
 
     feature_type: int
     bit: int
@@ -104,7 +104,7 @@ class Extension:
     magic: int
     length: int
     data: bytes
-    body: Any = None  # the body when it parsed: one of the dataclasses below (the model's, with spec names)
+    body: Any = None  # the body when it parsed: one of the dataclasses above (the model's, with spec names)
 
     @property
     def name(self) -> str:
@@ -150,7 +150,7 @@ class Extensions:
             return {}
         table = {}
         for entry in ext.body.entries:
-            group = FEATURE_GROUP.get(int(entry.feature_type))
+            group = FEATURE_GROUP.get(entry.feature_type)
             if group is not None and entry.bit < 64:
                 table[(group, entry.bit)] = decode_name(entry.name.rstrip(b"\0"))
         return table
