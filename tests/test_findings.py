@@ -108,3 +108,14 @@ def test_image_findings_do_not_depend_on_what_was_read_first(corpus, tmp_path):
         img.snapshots  # noqa: B018
         assert [f.code for f in img.findings] == first
     assert "snapshot.table_past_eof" in first
+
+
+def test_runs_read_decimals_with_leading_zeros():
+    """Numbers in messages are hex (0x...) or decimal, leading zeros included ("07" in a date or a digest):
+    folding them used to raise, taking the whole human output of check down."""
+    from qforensics.findings import runs
+
+    fs = [Finding("dedup.hash_mismatch", Severity.WARNING, f"stored SHA-256 07{i}ab...", "dedup table", 0x1000 + 8 * i)
+          for i in range(3)]
+    (run,) = runs(fs, 65536)
+    assert (run.findings, run.text) == (3, "dedup table: stored SHA-256 070-072ab...")
