@@ -50,6 +50,7 @@ MAX_NODES = 4096  # structures of one kind (refcount blocks, L2 tables) kept one
 MAX_LISTED = 1000
 MAX_CONFLICTS = 10_000  # conflicts recorded in all (each is a finding): hostile overlaps stop there
 MAX_EXTENTS = 1 << 13  # data extents kept one by one in the graph; past it, each L2 table's data is one node
+MAX_STORED_RUNS = 1 << 20  # data runs kept for the graph in all (24 bytes each)
 MAX_SHARED_EDGES = 1 << 16  # edges from the L1 nodes of snapshots sharing one table; past it, the first only
 FREE = int(Role.FREE)  # for comparisons with the role array: numpy widens an IntEnum operand to int64
 SHAREABLE = {Role.L2_TABLE, Role.DATA, Role.COMPRESSED, Role.BITMAP_DATA, Role.JOURNAL}
@@ -90,6 +91,34 @@ class Conflict:
 
 
 @dataclass
+class DataRuns:
+    """The data of one L2 table as the graph draws it: runs of contiguous host clusters named by consecutive
+    entries. The arrays (first entry, first host offset, clusters of each run) are kept while there are at
+    most MAX_EXTENTS runs in the table and MAX_STORED_RUNS in all; past that the graph draws one node."""
+
+    clusters: int
+    lowest: int  # host offset of the lowest cluster
+    runs: int
+    first_entry: int
+    entry: np.ndarray | None = None
+    host: np.ndarray | None = None
+    length: np.ndarray | None = None
+
+
+@dataclass
+class GraphNotes:
+    """What the graph needs beyond the claims, kept only when the layout is built for it (``graph=True``).
+    The claims stay the checks' (one data structure per L2 table); the graph draws extents from these."""
+
+    first_l1: dict[int, int] = field(default_factory=dict)  # L2 offset -> first L1 entry naming it
+    after: dict[int, list[Structure]] = field(default_factory=dict)  # a group's last new L2 id -> its new L2s
+    data: dict[int, DataRuns] = field(default_factory=dict)  # L2 offset -> its data runs
+    compressed: dict[int, tuple[int, int]] = field(default_factory=dict)  # L2 offset -> (structure id, entry)
+    bulk: set[int] = field(default_factory=set)  # ids of the per-table data and compressed structures
+    stored: int = 0  # runs whose arrays are kept
+
+
+@dataclass
 class Layout:
     cluster_bits: int
     file_size: int
@@ -106,6 +135,8 @@ class Layout:
     journals: list[JournalArea] = field(default_factory=list)  # found among the free clusters (finish_layout)
     compressed_ranges: list[tuple[np.ndarray, np.ndarray, int]] = field(default_factory=list)
     edges: list[Edge] | None = None  # recorded only when the layout is built for the graph
+    notes: GraphNotes | None = None  # likewise
+    l2_entries: int = 0
     header_node: Structure | None = None
     extents: int = 0  # data extent nodes made so far (graph)
     _streams: np.ndarray | None = None
@@ -219,8 +250,8 @@ class Layout:
 def build_layout(img: Image, *, journals: bool | list[JournalArea] = True, graph: bool = False) -> Layout:
     """Walk every referenced structure once and claim its clusters.
 
-    With ``graph`` the references are kept as edges and data is split into
-    extents (runs of contiguous host clusters in consecutive L2 entries).
+    With ``graph`` the references are kept as edges, and the data runs of each
+    L2 table as GraphNotes (the graph's extents; the claims are the same).
     ``journals``: scan the free clusters for them, or the ones another layout of the command already found.
     """
     lay = start_layout(img, img.l1_groups(), graph=graph)
@@ -236,7 +267,8 @@ def start_layout(img: Image, groups: list[L1Group], active_l1: L1References | No
     h = img.header
     cb, cs = h.cluster_bits, h.cluster_size
     n = -(-img.file.size // cs)
-    lay = Layout(cb, img.file.size, np.zeros(n, dtype=np.int8), edges=[] if graph else None)
+    lay = Layout(cb, img.file.size, np.zeros(n, dtype=np.int8), edges=[] if graph else None,
+                 notes=GraphNotes() if graph else None, l2_entries=h.l2_entries)
     header = lay.add(Role.HEADER, 0, cs, "image", "header and extensions")
     lay.claim_range(header)
     lay.header_node = header
@@ -304,12 +336,11 @@ def start_layout(img: Image, groups: list[L1Group], active_l1: L1References | No
         if made:
             lay.claim_many(np.array([s.offset >> cb for s in made], dtype=np.int64),
                            np.array([s.id for s in made], dtype=np.int32), Role.L2_TABLE)
-            if graph:
+            lay.pending_data.update((s.offset, s) for s in made if s.offset < img.file.size)
+            if lay.notes is not None:
                 first_index = dict(zip(distinct.tolist(), index.tolist(), strict=True))
-                for s in made:
-                    _claim_data(img, lay, s, first_index[s.offset])
-            else:
-                lay.pending_data.update((s.offset, s) for s in made if s.offset < img.file.size)
+                lay.notes.first_l1.update((s.offset, first_index[s.offset]) for s in made)
+                lay.notes.after[made[-1].id] = made
     lay.l2_tables = seen_l2
     return lay
 
@@ -487,6 +518,9 @@ def _claim_batch(img: Image, lay: Layout, l2s: list[Structure], desc: np.ndarray
         data_ids = np.full(len(l2s), -1, dtype=np.int32)
         for r in rows.tolist():
             data_ids[r] = _data_node(lay, l2s[r])
+            if lay.notes is not None:
+                index = np.flatnonzero(valid[r])
+                _note_runs(lay.notes, l2s[r], index, data[r][index], cs)
         lay.claim_many((data[valid] >> np.uint64(cb)).astype(np.int64), np.repeat(data_ids, valid.sum(axis=1)),
                        Role.DATA)
     for r in np.nonzero(compressed.any(axis=1))[0].tolist():
@@ -494,6 +528,9 @@ def _claim_batch(img: Image, lay: Layout, l2s: list[Structure], desc: np.ndarray
         end = start + sectors * np.uint64(512) - (start & np.uint64(511))
         s = lay.add(Role.COMPRESSED, int(start.min()), int((end - start).sum()), l2s[r].owner,
                     f"compressed data of L2 table at 0x{l2s[r].offset:x}", count=int(compressed[r].sum()))
+        if lay.notes is not None:
+            lay.notes.compressed[l2s[r].offset] = (s.id, int(np.flatnonzero(compressed[r])[0]))
+            lay.notes.bulk.add(s.id)
         _claim_compressed(lay, start, end, s)
 
 
@@ -501,7 +538,21 @@ def _data_node(lay: Layout, l2: Structure) -> int:
     """The structure standing for the data of one L2 table (claimed in bulk, without extents)."""
     sid = lay.add(Role.DATA, 0, 0, l2.owner, f"data of L2 table at 0x{l2.offset:x}").id
     lay.data_of_l2[l2.offset] = sid
+    if lay.notes is not None:
+        lay.notes.bulk.add(sid)
     return sid
+
+
+def _note_runs(notes: GraphNotes, l2: Structure, index: np.ndarray, host: np.ndarray, cs: int) -> None:
+    """Keep the runs of one table's data for the graph: entries ``index`` name the clusters at ``host``."""
+    breaks = np.flatnonzero((np.diff(host) != np.uint64(cs)) | (np.diff(index) != 1)) + 1
+    runs = DataRuns(int(host.size), int(host.min()), int(breaks.size) + 1, int(index[0]))
+    if runs.runs <= MAX_EXTENTS and notes.stored + runs.runs <= MAX_STORED_RUNS:
+        starts = np.concatenate(([0], breaks))
+        runs.entry, runs.host = index[starts], host[starts]
+        runs.length = np.diff(np.concatenate((starts, [host.size])))
+        notes.stored += runs.runs
+    notes.data[l2.offset] = runs
 
 
 def _claim_contiguous(lay: Layout, l2s: list[Structure], first: np.ndarray, n: int) -> None:
@@ -509,6 +560,11 @@ def _claim_contiguous(lay: Layout, l2s: list[Structure], first: np.ndarray, n: i
     slices of the role array when the runs are in order, apart and free, as they are in a preallocated
     image; otherwise the cluster by cluster claim, which names the conflicts."""
     ids = [_data_node(lay, s) for s in l2s]
+    if lay.notes is not None:
+        for s, host in zip(l2s, (first & T.L2E_OFFSET_MASK).tolist(), strict=True):  # one run each
+            lay.notes.data[s.offset] = DataRuns(n, host, 1, 0, np.zeros(1, np.int64), np.array([host], np.uint64),
+                                                np.array([n], np.int64))
+            lay.notes.stored += 1
     lo = ((first & T.L2E_OFFSET_MASK) >> np.uint64(lay.cluster_bits)).astype(np.int64)
     starts = lo.tolist()
     in_order = all(b >= a + n for a, b in zip(starts, starts[1:]))
@@ -518,48 +574,6 @@ def _claim_contiguous(lay: Layout, l2s: list[Structure], first: np.ndarray, n: i
         return
     clusters = (lo[:, None] + np.arange(n, dtype=np.int64)).ravel()
     lay.claim_many(clusters, np.repeat(np.array(ids, dtype=np.int32), n), Role.DATA)
-
-
-def _claim_data(img: Image, lay: Layout, l2: Structure, l1_index: int) -> None:
-    """Data extents (runs of contiguous host clusters) and compressed ranges of one L2 table, as graph nodes."""
-    h = img.header
-    table = img.l2_table(l2.offset)
-    if isinstance(table, Unreadable) or h.has_data_file:
-        return
-    desc = table[0]
-    cb, cs = h.cluster_bits, h.cluster_size
-    d = T.Descriptors(desc, False)  # (no external data file here)
-    compressed, offsets = d.compressed, d.offset
-    index = np.flatnonzero(d.aligned_data(cs))
-    std = offsets[index]
-    if std.size:
-        breaks = np.flatnonzero((np.diff(std) != np.uint64(cs)) | (np.diff(index) != 1)) + 1
-        if lay.extents + breaks.size + 1 > MAX_EXTENTS:
-            # past the budget of extent nodes (a table of garbage is thousands of one-cluster extents)
-            node = lay.add(Role.DATA, int(std.min()), std.size * cs, l2.owner,
-                           f"data of L2 table at 0x{l2.offset:x} ({std.size} clusters in {breaks.size + 1} extents)",
-                           count=int(std.size))
-            lay.claim((std >> np.uint64(cb)).astype(np.int64), node)
-            lay.link(l2, node, "L2 entries", int(index[0]), int(index.size))
-            lay.data_of_l2.setdefault(l2.offset, node.id)
-        else:
-            lay.extents += breaks.size + 1
-            for run_index, run in zip(np.split(index, breaks), np.split(std, breaks), strict=True):
-                first = int(run[0])
-                guest = (l1_index * h.l2_entries + int(run_index[0])) * cs
-                node = lay.add(Role.DATA, first, len(run) * cs, l2.owner,
-                               f"data 0x{first:x}+{len(run) * cs:#x} (guest 0x{guest:x})", count=len(run))
-                lay.claim((run >> np.uint64(cb)).astype(np.int64), node)
-                lay.link(l2, node, "L2 entry", int(run_index[0]))
-                lay.data_of_l2.setdefault(l2.offset, node.id)
-    if compressed.any():
-        start, sectors = T.compressed_fields(desc[compressed], cb)
-        end = start + sectors * np.uint64(512) - (start & np.uint64(511))
-        s = lay.add(Role.COMPRESSED, int(start.min()), int((end - start).sum()), l2.owner,
-                    f"compressed data of L2 table at 0x{l2.offset:x} ({int(compressed.sum())} streams)",
-                    count=int(compressed.sum()))
-        lay.link(l2, s, "L2 entries (compressed)", int(np.nonzero(compressed)[0][0]))
-        _claim_compressed(lay, start, end, s)
 
 
 def _claim_compressed(lay: Layout, start: np.ndarray, end: np.ndarray, s: Structure) -> None:

@@ -65,13 +65,13 @@ def build_report(path: str | os.PathLike[str], command_line: list[str] | None = 
         started = datetime.now(UTC)
         with Image(path) as img:
             with bar.share(1.2):
-                report = check_image(img)
+                report = check_image(img, graph=True)  # the command's one host layout, drawn by the graph
             bar.describe("image description")
             with bar.share(0.1):
                 info = build_info(img, str(path), report.layout)  # the check's layout: its journals
             bar.describe("structure graph")
             with bar.share(0.5):
-                graph, lay = build_graph(img, report.layout.journals if report.layout else None)
+                graph, lay = build_graph(img, report.layout)  # (none when the geometry is unusable: one is built)
                 summary = summarize(graph)
             bar.describe("cluster map and findings")
             with bar.share(0.2):

@@ -245,11 +245,11 @@ def test_evidence_changed_during_the_analysis(corpus, tmp_path, monkeypatch):
     shutil.copyfile(image_path(corpus, "v3_default"), path)
     real = report_module.check_image
 
-    def check_and_touch(img):
+    def check_and_touch(img, **kwargs):
         with open(path, "r+b") as f:
             f.seek(0, 2)
             f.write(b"\0" * 512)
-        return real(img)
+        return real(img, **kwargs)
 
     monkeypatch.setattr(report_module, "check_image", check_and_touch)
     html = report_module.build_report(path, ["qforensics", "report", "img.qcow2"])

@@ -102,7 +102,8 @@ class CheckReport:
         return doc
 
 
-def check_image(img: Image, consent: Consent | None = None, named: str | None = None) -> CheckReport:
+def check_image(img: Image, consent: Consent | None = None, named: str | None = None, *,
+                graph: bool = False) -> CheckReport:
     """Run every check family on an opened image.
 
     When QEMU could not open the image, its counters stay empty: the refcount
@@ -110,10 +111,11 @@ def check_image(img: Image, consent: Consent | None = None, named: str | None = 
     With ``consent`` the backing chain and external data file are opened as
     `qemu-img check` opens them (``named``: the image as the user named it, for
     qemu's messages); without it they are not, and an info finding says so.
-    Progress goes to the current progress bar, if any (qforensics.progress).
+    Progress goes to the current progress bar, if any (qforensics.progress). With ``graph`` the report's
+    layout is built for the structure graph too (layout.GraphNotes), which changes none of the findings.
     """
     with progress.task(total=sum(CHECK_STAGES.values())) as p:
-        report = _check_image(img, p)
+        report = _check_image(img, p, graph)
     if img.backing_file or img.header.has_data_file:
         _check_chain(img, report, consent, named)
     return report
@@ -166,7 +168,7 @@ def _one_pass(img: Image, groups, active_l1, layout: Layout, entries: EntryRules
     return refcounts.finish()
 
 
-def _check_image(img: Image, p) -> CheckReport:
+def _check_image(img: Image, p, graph: bool) -> CheckReport:
     refusals = img.check_refusals
     if not img.geometry_ok:
         findings = img.findings + [Finding("check.geometry_unusable", Severity.CORRUPTION,
@@ -178,7 +180,7 @@ def _check_image(img: Image, p) -> CheckReport:
     groups = img.l1_groups()
     active = groups[0]
     active_l1 = img.l1_references(active.offset, active.entries) if active.walked and active.entries else None
-    layout = start_layout(img, groups, active_l1)
+    layout = start_layout(img, groups, active_l1, graph=graph)
     entries = EntryRules(img, groups, active_l1)
     refcount_findings, stats = _one_pass(img, groups, active_l1, layout, entries)
     if refusals:
