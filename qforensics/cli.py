@@ -234,11 +234,31 @@ def _cmd_recover(args: argparse.Namespace) -> int:
         json.dump(doc, sys.stdout, indent=2)
         sys.stdout.write("\n")
     elif not args.quiet:
-        done = rec.size - rec.missing_bytes
-        _say(f"recovered {done} of {rec.size} guest bytes to {args.o}"
-              + ("" if rec.complete else f"; {rec.missing_bytes} bytes in {rec.missing_count} ranges missing"
-                 + (f" (see {args.log})" if args.log else "")))
+        _say(_recover_line(rec, args.o, args.log))
     return EXIT_OK if rec.complete else EXIT_INCOMPLETE
+
+
+def _recover_line(rec, out: str, log: str | None) -> str:
+    """recover's closing line: what was written, and every reason it is not complete."""
+    done = rec.size - rec.missing_bytes - rec.uncertain_bytes
+    parts = []
+    if rec.missing_bytes:
+        unknown = f", {rec.unknown_bytes} of them unknown (unplaced tables may map them)" if rec.unknown_bytes else ""
+        parts.append(f"{rec.missing_bytes} bytes in {rec.missing_count} ranges missing{unknown}")
+    if rec.uncertain_count:
+        codes = ", ".join(rec.uncertain)
+        parts.append(f"{rec.uncertain_bytes} bytes in {rec.uncertain_count} ranges uncertain (read through "
+                     f"structures the check faults: {codes})")
+    u = rec.unplaced
+    if u["tables"] or u["clusters"]:
+        parts.append(f"{u['tables']} L2 tables and {u['clusters']} clusters ({u['bytes']} bytes) found but not "
+                     "placed")
+    if rec.zero_clusters and not rec.uncertain.get("recover.zeroed_cluster"):
+        parts.append(f"{rec.zero_clusters} allocated clusters hold only zeros (written by the guest, or wiped: "
+                     "zero-cluster-ranges in the log)")
+    tail = "; ".join(parts)
+    return (f"recovered {done} of {rec.size} guest bytes to {out}" + (f"; {tail}" if tail else "")
+            + (f" (see {log})" if tail and log else ""))
 
 
 def _add_chain_options(p: argparse.ArgumentParser) -> None:

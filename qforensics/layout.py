@@ -447,12 +447,18 @@ def finish_layout(img: Image, lay: Layout, *, journals: bool | list[JournalArea]
                 node = lay.add(Role.DEDUP_TABLE, o, cs, "image", f"dedup level-2 cluster at 0x{o:x}")
                 lay.claim_range(node)
                 lay.link(dedup, node, "dedup level-1 entry", i)
+    if img.draft_bitmaps:  # the 2015 draft's directory: from its offset to the cluster of its last entry
+        first = img.draft_bitmaps[0].entry_offset
+        directory = lay.add(Role.DRAFT_BITMAP, first, img.draft_bitmaps[-1].entry_offset - first + 1, "image",
+                            "draft bitmap directory")
+        lay.claim_range(directory)
+        lay.link(header, directory, "dirty bitmaps extension")
     for b in img.draft_bitmaps:
         name = clip(b.name)
         l1_node = lay.add(Role.DRAFT_BITMAP, b.l1_table_offset, b.l1_size * 8, f"draft bitmap {name}",
                           f"draft bitmap '{name}' L1")
         lay.claim_range(l1_node)
-        lay.link(header, l1_node, "dirty bitmap table entry", b.index)
+        lay.link(directory, l1_node, "dirty bitmap table entry", b.index)
         l1 = img.l1_table(b.l1_table_offset, b.l1_size)
         if not isinstance(l1, Unreadable):
             data = l1 & T.L2E_OFFSET_MASK

@@ -14,6 +14,11 @@ import numpy as np
 from ..model.tables import Kind  # the kinds are the cluster mapping's rule, so they live with it in the model
 
 
+class UnknownReason(str):
+    """The reason of a run that reads as unallocated but may not be: a table found by a scan, which could not
+    be placed, could map it. recover logs it as ``unknown`` rather than ``missing`` (and counts it in both)."""
+
+
 class Extent(NamedTuple):
     start: int  # guest offset
     length: int

@@ -105,7 +105,8 @@ class Qcow2Layer:
 
     def __init__(self, img: Image, *, snapshot=None, backing=None, data_file: FileLayer | None = None,
                  cipher=None, name: str | None = None, l1: np.ndarray | None = None,
-                 labels: dict[int, str] | None = None, lost: dict[int, str] | None = None):
+                 labels: dict[int, str] | None = None, lost: dict[int, str] | None = None,
+                 unknown: str | None = None):
         h = img.header
         if not img.geometry_ok:
             raise ImageOpenError(f"cluster_bits {h.cluster_bits} is unusable (QEMU takes 9 to 21): no table can be "
@@ -131,6 +132,7 @@ class Qcow2Layer:
         self.first_user = self._first_users()
         self.labels = labels or {}  # L1 index -> where its L2 table came from, when not the image's own L1
         self.lost = lost or {}  # L1 index -> why its range is known to be damaged though its entry reads 0
+        self.unknown = unknown  # why every other unallocated L1 entry's range may hold data (an UnknownReason)
         self.backing = backing
         self.data = data_file if data_file is not None else img.file
         self.cipher = cipher
@@ -224,7 +226,7 @@ class Qcow2Layer:
                 for k in [*lost, j]:
                     if k > pos:
                         yield Runs.of(Extent((first + pos) * self.span, (k - pos) * self.span,
-                                             Kind.UNALLOCATED)).clip(start, end)
+                                             Kind.UNALLOCATED, reason=self.unknown or "")).clip(start, end)
                     if k < j:
                         yield Runs.of(Extent((first + k) * self.span, self.span, Kind.UNALLOCATED,
                                              reason=self.lost[first + k])).clip(start, end)

@@ -17,15 +17,20 @@ from pathlib import Path
 
 import numpy as np
 
-from ..layout import Role, build_layout
+from ..layout import Layout, Role, build_layout
 from ..model import Image
 from ..model import tables as T
 from ..paths import refuse_overwrite, safe_component
 from ..model.compressed import inflate
-from .scan import stored_refcounts
+from ..layers.stack import read_guest
+from ..model.refcount import stored_refcounts as model_refcounts
+from .windows import window_claims, window_view
+from ..model import Unreadable
 
 MAX_FILES = 10_000  # carved files at most; the index says how many runs were left out
 MAX_RUN = 64 << 20  # bytes in one carved file
+WINDOW_READ = 4 << 20  # bytes of a window read at a time
+MAX_SIGNATURES = 100  # self-locating structures listed per window in index.json
 
 
 def _refcount_shaped(counts: np.ndarray) -> bool:
@@ -52,16 +57,30 @@ def looks_like(img: Image, raw: bytes) -> str:
     return "data"
 
 
-def carve(img: Image, carve_dir: Path, *, inputs: list[Path]) -> str:
+def carve(img: Image, carve_dir: Path, *, inputs: list[Path], lay: Layout | None = None,
+          windows: dict[int, np.ndarray] | None = None, view=None) -> str:
     """Write the unreferenced non-zero clusters of ``img`` into ``carve_dir`` with index.json; returns a
-    one-line summary."""
+    one-line summary. ``lay``: the command's host layout (built here if none). ``windows``: the orphan L2
+    tables the scan could not place (offset -> entries), each written as a window (``write_windows``) read
+    through ``view``'s chain and cipher; their clusters are not carved again one by one."""
     carve_dir.mkdir(parents=True, exist_ok=True)
     if not img.geometry_ok:
         return "carve: the cluster size is unusable; nothing carved"
-    lay = build_layout(img, journals=True)
+    lay = lay if lay is not None else build_layout(img, journals=True)
     cb, cs = img.header.cluster_bits, img.header.cluster_size
     free = np.flatnonzero(lay.role == Role.FREE)
-    in_use = stored_refcounts(img, len(lay.role))
+    window_index = write_windows(img, carve_dir, windows or {}, view, inputs) if windows else []
+    if windows:
+        inside = [np.array([o >> cb for o in windows], dtype=np.int64)]
+        for w in windows.values():
+            t = w & T.L2E_OFFSET_MASK
+            inside.append((t[t != 0] >> np.uint64(cb)).astype(np.int64))
+        free = np.setdiff1d(free, np.concatenate(inside))
+    in_use = model_refcounts(img, dtype=bool)
+    if isinstance(in_use, Unreadable):
+        in_use = None
+    elif len(in_use) < len(lay.role):
+        in_use = np.concatenate((in_use, np.zeros(len(lay.role) - len(in_use), dtype=bool)))
     index, written, skipped, run = [], 0, 0, None
 
     def flush(r) -> None:
@@ -97,7 +116,42 @@ def carve(img: Image, carve_dir: Path, *, inputs: list[Path]) -> str:
         run = (c << cb, kind, [raw])
     flush(run)
     summary = {"image": str(img.path), "cluster-size": cs, "unreferenced-clusters": int(len(free)),
-               "files": written, "runs-left-out": skipped, "carved": index}
+               "files": written, "runs-left-out": skipped, "windows": window_index, "carved": index}
     refuse_overwrite(carve_dir / "index.json", inputs).write_text(json.dumps(summary, indent=2) + "\n")
     more = f", {skipped} more runs left out" if skipped else ""
-    return f"carve: {written} files of unreferenced non-zero clusters written to {carve_dir} (index.json){more}"
+    shown = f"{len(window_index)} windows of unplaced L2 tables and " if window_index else ""
+    return (f"carve: {shown}{written} files of unreferenced non-zero clusters written to {carve_dir} "
+            f"(index.json){more}")
+
+
+def write_windows(img: Image, carve_dir: Path, windows: dict[int, np.ndarray], view, inputs: list[Path]) -> list:
+    """Each unplaced orphan L2 table as a window: a sparse raw file the size of the guest range one L2 table
+    maps, each cluster at its offset in the window (read as the table's own L1 slot would read it: compressed
+    clusters inflated, encrypted ones decrypted), for file carvers and file-system tools."""
+    h = img.header
+    cs, span = h.cluster_size, h.l2_entries * h.cluster_size
+    out = []
+    claims = window_claims(img, sorted(windows)[:MAX_FILES], view)
+    for off in sorted(windows)[:MAX_FILES]:
+        one = window_view(img, off, view)
+        length = min(span, one.size)
+        name = safe_component(f"window_l2_0x{off:x}.raw")
+        path = refuse_overwrite(carve_dir / name, inputs)
+        clusters = 0
+        digest = hashlib.sha256()
+        with open(path, "wb") as f:
+            f.truncate(length)
+            for at in range(0, length, WINDOW_READ):
+                data = read_guest(one, at, min(WINDOW_READ, length - at))
+                digest.update(data)
+                for k in range(0, len(data), cs):
+                    piece = data[k:k + cs]
+                    if piece.count(0) != len(piece):
+                        f.seek(at + k)
+                        f.write(piece)
+                        clusters += 1
+        out.append({"file": name, "l2-host-offset": off, "clusters": clusters, "bytes": clusters * cs,
+                    "window-bytes": length, "sha256": digest.hexdigest(),
+                    "signatures": [{"at": c.at, "what": c.what, "frame": c.frame, "position": c.position}
+                                   for c in claims.get(off, [])[:MAX_SIGNATURES]]})
+    return out

@@ -25,7 +25,16 @@ from ..layers.stack import read_run
 from ..model import Image
 from ..model.snapshot_table import distinct_snapshots, find_snapshot
 from ..paths import refuse_overwrite
+from ..checks import check_image
+from ..findings import Severity
+from .carve import carve
 from .recover import Recovery, recover
+from .scan import augment
+from .trust import Faults
+
+
+MAX_VIEWS = 4  # snapshot views kept open at once by the fallback
+USABLE = (Kind.NORMAL, Kind.COMPRESSED, Kind.ZERO_PLAIN, Kind.ZERO_ALLOC)  # what a snapshot may stand in with
 
 
 @dataclass
@@ -53,19 +62,33 @@ def _cipher(img: Image, passphrase: bytes | None, notes: list[str]):
     return cipher
 
 
-def _snapshot_fallback(img: Image, top, skip_id: str | None):
-    """fallback(start, end) for `recover`: the runs of [start, end) that some snapshot's L1 maps. Views are
-    made when first needed (an intact image never pays for them)."""
+def _snapshot_fallback(img: Image, top, skip_id: str | None, faults: Faults):
+    """fallback(start, end) for `recover`: the runs of [start, end) that some snapshot's L1 maps, through
+    structures no check faults (a faulted snapshot is no evidence). Views are made when first needed (an
+    intact image never pays for them)."""
     from ..layers.qcow2 import Qcow2Layer
 
-    snaps = distinct_snapshots(img.snapshots, skip_id)
+    snaps = [s for s in distinct_snapshots(img.snapshots, skip_id) if s.id not in faults.snapshots]
     views: dict[str, Qcow2Layer] = {}
 
     def view(snap) -> Qcow2Layer:
         if snap.id not in views:
+            if len(views) >= MAX_VIEWS:  # each holds its L1 (a hostile one is millions of entries)
+                del views[next(iter(views))]
             views[snap.id] = Qcow2Layer(img, snapshot=snap, backing=top.backing, cipher=top.cipher,
                                         data_file=top.data if top.data is not img.file else None)
         return views[snap.id]
+
+    def usable(snap, lo: int, hi: int):
+        """The runs of [lo, hi) the snapshot maps to data or zeros through structures no check faults."""
+        v = view(snap)
+        for batch in v.runs(lo, hi):
+            doubt = faults.rows(v, batch, data=v.data is img.file)
+            for i, ext in enumerate(batch.rows()):
+                if ext.kind in USABLE and not ext.reason and i not in doubt:
+                    data = read_run(v, ext, ext.start, ext.length)
+                    if data is not None:
+                        yield ext, data
 
     def fallback(start: int, end: int):
         """The newest snapshot that maps each part wins (it is the closest to the lost active state)."""
@@ -76,16 +99,11 @@ def _snapshot_fallback(img: Image, top, skip_id: str | None):
             left = []
             for lo, hi in gaps:
                 pos = lo
-                v = view(snap)
-                for ext in v.extents(lo, hi):
-                    if ext.kind in (Kind.NORMAL, Kind.COMPRESSED, Kind.ZERO_PLAIN, Kind.ZERO_ALLOC) \
-                            and not ext.reason:
-                        data = read_run(v, ext, ext.start, ext.length)
-                        if data is not None:
-                            if ext.start > pos:
-                                left.append((pos, ext.start))
-                            found.append((ext.start, ext.length, data, f"snapshot {snap.id} ({snap.name})"))
-                            pos = ext.end
+                for ext, data in usable(snap, lo, hi):
+                    if ext.start > pos:
+                        left.append((pos, ext.start))
+                    found.append((ext.start, ext.length, data, f"snapshot {snap.id} ({snap.name})"))
+                    pos = ext.end
                 if pos < hi:
                     left.append((pos, hi))
             gaps = left
@@ -133,19 +151,29 @@ def recover_image(image: str, out: Path, *, passphrase: bytes | None = None, bac
             if log_path is not None:
                 refuse_overwrite(log_path, inputs)
             top_label = "active" if snap is None else f"snapshot {snap.id} ({snap.name})"
-            from .scan import augment
-
-            layer, scan_notes = augment(img, layer, snapshot=snap, force=scan)
-            notes += scan_notes
+            # the check's findings say which structures cannot be trusted; its layout is the command's one
+            report = check_image(img)
+            faults = Faults.of(img, report)
+            faults.confirm_shared(layer)
+            if faults.capped:
+                notes.append(f"check: more {faults.capped} findings than are listed: the faulted structures are "
+                             "not all known, so no range is certain")
+            view_fault = faults.snapshots.get(snap.id) if snap is not None else None
+            view_fault = view_fault or (f"{faults.capped}.more" if faults.capped else None)
+            found = augment(img, layer, report.layout, snapshot=snap, force=scan, faulted=faults.slots(layer),
+                            overcounted=report.stats.overcounted)
+            layer = found.view
+            notes += found.notes
             header = {"tool": f"qforensics {__version__}", "image": str(image), "output": str(out),
                       "view": top_label, "time": datetime.now(UTC).isoformat(timespec="seconds"),
-                      "command": argv or [], "notes": notes}
+                      "command": argv or [], "notes": notes, "unplaced-evidence": found.listing()}
             rec = recover(layer, out, log_path=log_path, top_label=top_label, header=header,
-                          fallback=_snapshot_fallback(img, layer, snap.id if snap else None))
+                          fallback=_snapshot_fallback(img, layer, snap.id if snap else None, faults),
+                          faults=faults, view_fault=view_fault, unplaced=found.unplaced(),
+                          watch_zeros=any(f.severity == Severity.CORRUPTION for f in report.findings))
             if carve_dir is not None:
-                from .carve import carve
-
-                notes.append(carve(img, carve_dir, inputs=inputs))
+                notes.append(carve(img, carve_dir, inputs=inputs, lay=report.layout, windows=found.unplaced_tables,
+                                   view=layer))
         finally:
             for f in opened:
                 f.close()

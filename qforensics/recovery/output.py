@@ -276,6 +276,9 @@ class Writer:
             self._copies.popleft().result()
 
     def close(self) -> None:
+        """Finish the copies and close the file (again: nothing)."""
+        if self.fd < 0:
+            return
         try:
             if self._pool is not None:
                 for future in self._copies:  # after an error elsewhere: let what runs finish, drop the rest
@@ -283,6 +286,7 @@ class Writer:
                 self._pool.shutdown(wait=True)
         finally:
             os.close(self.fd)
+            self.fd = -1
 
 
 def _zero_test(file, pieces: list[tuple[int, int, int]], fd: int, spans_of) -> None:

@@ -18,18 +18,26 @@ dedup table's logical offsets (draft, seed 000), the only L1 slot left open.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..layout import Role, build_layout
+from ..layout import Role
 from ..model import Image, Unreadable
 from ..model import tables as T
 from ..model.refcount import stored_refcounts as model_refcounts
 from ..model.snapshot_table import distinct_snapshots
-from ..layers.extent import Kind
+from .carve import looks_like
+from .windows import place_by_evidence
+from ..layers.extent import Kind, UnknownReason
 
 READ_CLUSTERS = 256  # clusters read at a time while scanning
+MAX_NOTES = 20  # placements and unplaced tables named one by one in the notes
+MAX_CLASSIFIED = 4096  # unplaced clusters told apart from stale metadata by their look, at most
+HEAD = 512  # bytes of each scanned cluster read first: 64 entries, enough to rule out most data clusters
+# what nothing references: free clusters, and journal areas, which the layout finds by their shape among
+# the free clusters (orphaned guest data can look like one)
+UNREFERENCED = (Role.FREE, Role.JOURNAL)
 MAX_CANDIDATES = 1 << 16
 SIMILAR_BUDGET = 4096  # snapshot L2 tables compared with the candidates, at most
 SIMILAR = 0.5  # share of a candidate's entries equal to a snapshot L2's for it to take that L2's place
@@ -40,9 +48,12 @@ class Placement:
     offset: int  # the candidate L2 table
     l1_index: int
     evidence: str
+    borrowed: str | None = None  # the snapshot whose table it is, when the active view shared it
 
     @property
     def label(self) -> str:
+        if self.borrowed:
+            return f"{self.borrowed} L2 table at 0x{self.offset:x} ({self.evidence})"
         return f"carved L2 at 0x{self.offset:x} ({self.evidence})"
 
 
@@ -56,9 +67,10 @@ def stored_refcounts(img: Image, n_clusters: int) -> np.ndarray | None:
     return out
 
 
-def find_candidates(img: Image, clusters: np.ndarray, role: np.ndarray,
-                    refcounts: np.ndarray | None) -> dict[int, np.ndarray]:
-    """L2-shaped tables among ``clusters`` (indices), by host offset, with their entries."""
+def find_candidates(img: Image, clusters: np.ndarray, role: np.ndarray, refcounts: np.ndarray | None,
+                    nonzero: list[np.ndarray] | None = None) -> dict[int, np.ndarray]:
+    """L2-shaped tables among ``clusters`` (indices), by host offset, with their entries; the clusters read
+    that hold anything but zeros are appended to ``nonzero``."""
     h = img.header
     cb, cs = h.cluster_bits, h.cluster_size
     out: dict[int, np.ndarray] = {}
@@ -66,11 +78,17 @@ def find_candidates(img: Image, clusters: np.ndarray, role: np.ndarray,
     n_file = len(role)
     for k in range(0, len(clusters), READ_CLUSTERS):
         chunk = clusters[k:k + READ_CLUSTERS]
+        if not h.extended_l2 and cs > HEAD:
+            chunk = _heads_could_be_tables(img, chunk, nonzero)
+            if not len(chunk):
+                continue
         raw = bytearray(len(chunk) * cs)
         for j, c in enumerate(chunk.tolist()):
             data = img.file.read(c << cb, cs)
             raw[j * cs:j * cs + len(data)] = data
         words = np.frombuffer(bytes(raw), dtype=">u8").astype(np.uint64).reshape(len(chunk), -1)
+        if nonzero is not None:
+            nonzero.append(chunk[words.any(axis=1)])
         shaped = T.table_shaped(words, h, img.file.size)
         if h.extended_l2:
             l1ish = np.flatnonzero(~shaped & T.l1_shaped(words, cluster_bits=cb, file_size=img.file.size))
@@ -81,13 +99,15 @@ def find_candidates(img: Image, clusters: np.ndarray, role: np.ndarray,
             d = T.Descriptors(w, False)
             targets = (d.offset[d.allocated] >> np.uint64(cb)).astype(np.int64)
             targets = targets[targets < n_file]
-            if np.isin(role[targets], (Role.FREE, Role.DATA), invert=True).any():
+            if np.isin(role[targets], UNREFERENCED + (Role.DATA,), invert=True).any():
                 continue  # points into metadata: a refcount table, an L1 of known tables, ...
             if refcounts is not None and refcounts.any() and (~refcounts[targets]).any():
                 continue  # data clusters must be in use
             out[int(chunk[j]) << cb] = w.copy()
             if len(out) >= MAX_CANDIDATES:
-                return out
+                break
+        if len(out) >= MAX_CANDIDATES:
+            break
     for off, w in l1_like.items():  # kept when every entry points at a table found (place() tells them apart)
         targets = (w & T.L1E_OFFSET_MASK)[w != 0].tolist()
         if all(t in out and t != off for t in targets) and len(out) < MAX_CANDIDATES:
@@ -95,9 +115,29 @@ def find_candidates(img: Image, clusters: np.ndarray, role: np.ndarray,
     return out
 
 
-def place(img: Image, candidates: dict[int, np.ndarray], open_slots: OpenSlots,
-          ) -> tuple[list[Placement], dict[int, int], list[int]]:
-    """Where each candidate goes: (placements, stale L1 copies {offset: tables placed}, unplaced offsets)."""
+def _heads_could_be_tables(img: Image, chunk: np.ndarray, nonzero: list[np.ndarray] | None) -> np.ndarray:
+    """The clusters of ``chunk`` whose first HEAD bytes are valid standard L2 entries or zeros, which are then
+    read whole; a data cluster almost always fails here, so most of the scan reads HEAD bytes a cluster.
+    Clusters whose head holds anything are appended to ``nonzero`` (the others are counted when read)."""
+    cb = img.header.cluster_bits
+    heads = bytearray(len(chunk) * HEAD)
+    for j, c in enumerate(chunk.tolist()):
+        data = img.file.read(c << cb, HEAD)
+        heads[j * HEAD:j * HEAD + len(data)] = data
+    words = np.frombuffer(bytes(heads), dtype=">u8").astype(np.uint64).reshape(len(chunk), -1)
+    zero = ~words.any(axis=1)
+    valid = T.table_shaped(words, img.header, img.file.size) | zero
+    if nonzero is not None:
+        nonzero.append(chunk[~zero & ~valid])  # read no further: non-zero, and not a table
+    return chunk[valid]
+
+
+def place(img: Image, candidates: dict[int, np.ndarray], open_slots: OpenSlots, view=None,
+          reasons: dict[int, str] | None = None) -> tuple[list[Placement], dict[int, int], list[int]]:
+    """Where each candidate goes: (placements, stale L1 copies {offset: tables placed}, unplaced offsets).
+    Evidence, strongest first: a stale L1 copy, the guest's own self-locating structures in the window
+    (read through ``view``'s chain and cipher), a snapshot L2 table the candidate agrees with, the dedup
+    table, the only slot left. ``reasons`` gets why the guest's evidence left a window unplaced."""
     h = img.header
     cs = h.cluster_size
     mask = T.L1E_OFFSET_MASK
@@ -122,6 +162,13 @@ def place(img: Image, candidates: dict[int, np.ndarray], open_slots: OpenSlots,
         for off, index in refs.items():
             if off in tables:
                 take(off, index, f"stale L1 copy at 0x{copy:x}, entry {index}")
+    rest = [o for o in tables if o not in placed]
+    if rest and view is not None:
+        solution = place_by_evidence(img, view, rest, open_slots.__contains__)
+        for off, p in sorted(solution.placed.items(), key=lambda kv: kv[1].slot):
+            take(off, p.slot, f"placed by {p.evidence}")
+        if reasons is not None:
+            reasons.update(solution.unplaced)
     masked = ~T.OFLAG_COPIED
     compared: set[int] = set()  # each snapshot L2 table is read once, and only SIMILAR_BUDGET of them
     for snap in distinct_snapshots(img.snapshots):
@@ -203,25 +250,31 @@ class OpenSlots:
     def take(self, index: int) -> None:
         self.taken.add(index)
 
+    def count(self) -> int:
+        """How many slots are still open."""
+        zero = int(np.count_nonzero((self.l1 & T.L1E_OFFSET_MASK) == 0))
+        broken = sum(1 for i in self.damaged if i < len(self.l1) and self.l1[i] & T.L1E_OFFSET_MASK)
+        return zero + (self.n - len(self.l1)) + broken - len(self.taken)
+
     def only_one(self) -> int | None:
         """The index when exactly one slot is still open."""
-        zero = np.flatnonzero((self.l1 & T.L1E_OFFSET_MASK) == 0)
-        tail = self.n - len(self.l1)
-        count = len(zero) + tail + sum(1 for i in self.damaged if i < len(self.l1) and self.l1[i] & T.L1E_OFFSET_MASK)
-        count -= len(self.taken)
-        if count != 1:
+        if self.count() != 1:
             return None
+        zero = np.flatnonzero((self.l1 & T.L1E_OFFSET_MASK) == 0)
         for i in [*zero.tolist(), *sorted(self.damaged), *range(len(self.l1), min(self.n, len(self.l1) + 2))]:
             if i in self:
                 return i
         return None
 
 
-def damaged_slots(layer) -> tuple[OpenSlots, bool]:
+def damaged_slots(layer, l1_size: int = 0) -> tuple[OpenSlots, bool]:
     """The open L1 slots of the active view, and whether it shows damage at all (unreadable tables,
-    refused entries, tables past the end of the file)."""
+    refused entries, tables past the end of the file). ``l1_size`` (the header's) bounds the slots when
+    it is sane: QEMU reads nothing past it."""
     l1 = layer.l1
     n = max(1, -(-layer.size // layer.span))
+    if 0 < l1_size < n:
+        n = l1_size
     if isinstance(l1, Unreadable):
         return OpenSlots(np.zeros(0, dtype=np.uint64), n, set()), True
     damaged: set[int] = set()
@@ -232,44 +285,152 @@ def damaged_slots(layer) -> tuple[OpenSlots, bool]:
     return OpenSlots(l1, n, damaged), bool(damaged)
 
 
-def augment(img: Image, layer, *, snapshot=None, force: bool = False):
-    """The active view with orphan L2 tables placed where the evidence puts them; and notes on what was
-    found. Reads the unreferenced clusters that still have a refcount; all unreferenced clusters with
-    ``force`` (--scan), when the active view shows damage, or when the refcounts are unreadable or zero."""
+@dataclass
+class ScanResult:
+    """What the scan of unreferenced clusters found: the view with the tables it placed, notes for the log,
+    and what it could not place (which makes the recovery incomplete)."""
+
+    view: object
+    notes: list[str] = field(default_factory=list)
+    unplaced_tables: dict[int, np.ndarray] = field(default_factory=dict)  # L2 offset -> its entries
+    loose: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # unplaced data clusters
+    stray_tables: dict[int, np.ndarray] = field(default_factory=dict)  # unplaced, with no open slot to take
+    cluster_size: int = 0
+
+    def unplaced(self) -> dict:
+        """Counts for the summary: tables, the clusters they and the loose clusters hold, and their bytes."""
+        clusters = sum(int(np.count_nonzero(_data_targets(w))) for w in self.unplaced_tables.values())
+        clusters += len(self.loose)
+        return {"tables": len(self.unplaced_tables), "clusters": clusters, "bytes": clusters * self.cluster_size}
+
+    def listing(self) -> list[dict]:
+        """Each unplaced table, and each run of loose clusters, for the log."""
+        cs = self.cluster_size
+        out: list[dict] = [{"l2-table": f"0x{o:x}", "clusters": int(np.count_nonzero(_data_targets(w)))}
+                           for o, w in sorted(self.unplaced_tables.items())]
+        if len(self.loose):
+            cuts = np.flatnonzero(np.diff(self.loose) != 1) + 1
+            for run in np.split(self.loose, cuts):
+                out.append({"host": f"0x{int(run[0]) * cs:x}", "clusters": len(run), "bytes": len(run) * cs,
+                            "why": "data in use (refcount above zero, or refcounts unreadable) that no table "
+                                   "references"})
+        return out
+
+
+def _data_like(img: Image, clusters: np.ndarray) -> np.ndarray:
+    """The clusters that look like guest data, not like stale metadata (an orphaned refcount block or table,
+    which holds no guest byte): carve.looks_like, for the first MAX_CLASSIFIED (the rest count as data)."""
+    cb, cs = img.header.cluster_bits, img.header.cluster_size
+    head, rest = clusters[:MAX_CLASSIFIED], clusters[MAX_CLASSIFIED:]
+    keep = [c for c in head.tolist() if looks_like(img, img.file.read(c << cb, cs)) in ("data", "compressed-stream")]
+    return np.concatenate((np.array(keep, dtype=np.int64), rest))
+
+
+def _data_targets(w: np.ndarray) -> np.ndarray:
+    """The allocated data descriptors of a candidate table's entries."""
+    return w & T.L2E_OFFSET_MASK
+
+
+def augment(img: Image, layer, lay, *, snapshot=None, force: bool = False,
+            faulted: dict[int, str] | None = None, overcounted: list[int] | None = None) -> ScanResult:
+    """The active view with orphan L2 tables placed where the evidence puts them, notes on what was found,
+    and what could not be placed. ``lay``: the command's host layout (the check's). Reads the unreferenced
+    clusters that still have a refcount; every unreferenced cluster with ``force`` (--scan), or when the
+    active view shows damage, the refcounts are unreadable or zero, or the leaked clusters hold L2 tables
+    (the notes say why the full scan was implied). ``faulted``: L1 slots whose table the checks fault;
+    ``overcounted``: clusters whose refcount is above their references (qemu_check Stats.overcounted)."""
+    if snapshot is not None or not img.geometry_ok or lay is None:
+        return ScanResult(layer)
+    out = ScanResult(layer, cluster_size=img.header.cluster_size)
+    role = lay.role
+    free = np.flatnonzero(np.isin(role, UNREFERENCED))
+    overcounted = np.array(sorted(overcounted or ()), dtype=np.int64) if img.snapshots else np.zeros(0, np.int64)
+    if not len(free) and not len(overcounted):
+        return out  # every cluster is referenced as its refcount says: nothing to scan, no view to walk
+    slots, damaged = damaged_slots(layer, img.header.l1_size)
+    slots.damaged |= {i for i in (faulted or {}) if i < slots.n}
+    borrowed = _borrow_snapshot_tables(img, slots, overcounted) if len(overcounted) else []
+    if not len(free):
+        if borrowed:
+            _place_into(img, layer, out, {}, slots, {}, 0, borrowed)
+        return out
+    refcounts = stored_refcounts(img, len(role))
+    refs_ok = refcounts is not None and bool(refcounts.any())
+    full = force or damaged or bool(faulted) or not refs_ok
+    if full and not force:
+        why = ("the refcounts are unreadable" if refcounts is None else "the refcounts are all zero"
+               if not refs_ok else "the active view shows damage")
+        out.notes.append(f"scan: --scan implied: {why}")
+    scan = free if full else free[refcounts[free]]
+    if not len(scan):
+        if borrowed:
+            _place_into(img, layer, out, {}, slots, {}, 0, borrowed)
+        return out
+    lost = _zeroed_tables(img, layer, int(len(scan))) if not full else {}
+    slots.damaged |= {i for i in lost if i < slots.n}
+    nonzero: list[np.ndarray] = []
+    candidates = find_candidates(img, scan, role, refcounts, nonzero)
+    if not full and (candidates or lost):
+        out.notes.append("scan: --scan implied: the leaked clusters hold L2-shaped tables; every unreferenced "
+                         "cluster read")
+        rest = np.setdiff1d(free, scan, assume_unique=True)
+        candidates.update(find_candidates(img, rest, role, refcounts, nonzero))
+        scan, full = free, True
+    if candidates or lost or borrowed:
+        _place_into(img, layer, out, candidates, slots, lost, len(scan), borrowed)
+    _account_loose(img, out, candidates, nonzero, refcounts if refs_ok else None, role)
+    return out
+
+
+def _borrow_snapshot_tables(img: Image, slots: OpenSlots, overcounted: np.ndarray) -> list[Placement]:
+    """Open slots of the active view for which a snapshot's L2 table has a refcount above its references:
+    the active L1 shared that table (QEMU shares L2 tables between a snapshot and the active view until one
+    of them writes) and lost its entry, so the snapshot's table is the active one. Newest snapshot first."""
+    out: list[Placement] = []
+    cb = img.header.cluster_bits
+    for snap in distinct_snapshots(img.snapshots):
+        l1 = img.l1_table(snap.l1_table_offset, snap.l1_size)
+        if isinstance(l1, Unreadable):
+            continue
+        offs = (l1 & T.L1E_OFFSET_MASK).astype(np.int64)
+        hit = np.flatnonzero((offs != 0) & np.isin(offs >> cb, overcounted))
+        for i in hit.tolist():
+            if i in slots:
+                slots.take(i)
+                out.append(Placement(int(offs[i]), i, "the active view shared it: its refcount is above its "
+                                                      "references", borrowed=f"snapshot {snap.id} ({snap.name})"))
+    return out
+
+
+def _place_into(img: Image, layer, out: ScanResult, candidates: dict[int, np.ndarray], slots, lost: dict,
+                scanned: int, borrowed: list[Placement] = ()) -> None:
+    """Place the candidates, note what was found, and build the view when anything changed."""
     from ..layers.qcow2 import Qcow2Layer
 
-    notes: list[str] = []
-    if snapshot is not None or not img.geometry_ok:
-        return layer, notes
-    lay = build_layout(img, journals=False)
-    role = lay.role
-    free = np.flatnonzero(role == Role.FREE)
-    if not len(free):  # every cluster is referenced: nothing to scan (and no need to walk the view for damage)
-        return layer, notes
-    slots, damaged = damaged_slots(layer)
-    refcounts = stored_refcounts(img, len(role))
-    # without signs of damage only the leaked clusters (in use, referenced by nothing) are read
-    leaked = refcounts is not None and refcounts.any() and not (force or damaged)
-    scan = free[refcounts[free]] if leaked else free
-    if not len(scan):
-        return layer, notes
-    lost = _zeroed_tables(img, layer, int(len(scan))) if leaked else {}
-    slots.damaged |= {i for i in lost if i < slots.n}
-    candidates = find_candidates(img, scan, role, refcounts)
-    if not candidates and not lost:
-        return layer, notes
-    placements, copies, unplaced = place(img, candidates, slots)
+    reasons: dict[int, str] = {}
+    placements, copies, unplaced = place(img, candidates, slots, layer, reasons) if candidates else ([], {}, [])
+    placements = sorted([*borrowed, *placements], key=lambda p: p.l1_index)
+    if unplaced and slots.count() <= 0:
+        # no L1 slot of the active view is open: the tables are history (a snapshot's lost tables), not data
+        # the active disk misses
+        out.notes.append(f"scan: {len(unplaced)} L2-shaped tables left unplaced, but no L1 entry of the active "
+                         "view is open to them: they are not part of the active disk")
+        out.stray_tables = {o: candidates[o] for o in unplaced}
+        unplaced = []
+    out.unplaced_tables = {o: candidates[o] for o in unplaced}
     tables = len(candidates) - len(copies)
-    notes.append(f"scan: {len(scan)} unreferenced clusters read, {tables} L2-shaped tables and {len(copies)} "
-                 f"stale L1 copies found; {len(placements)} placed, {len(unplaced)} left unplaced")
-    for off in unplaced[:20]:
-        notes.append(f"scan: L2-shaped table at 0x{off:x} has no evidence of its guest position (--carve-dir "
-                     "writes it out)")
+    if candidates or lost:
+        out.notes.append(f"scan: {scanned} unreferenced clusters read, {tables} L2-shaped tables and {len(copies)} "
+                     f"stale L1 copies found; {len(placements)} placed, {len(unplaced)} left unplaced")
+    for off in unplaced[:MAX_NOTES]:
+        why = reasons.get(off, "no self-locating structure")
+        out.notes.append(f"scan: L2-shaped table at 0x{off:x} left unplaced ({why}; --carve-dir writes it out "
+                         "as a window)")
     for index, why in sorted(lost.items()):
         lo = index * layer.span
-        notes.append(f"scan: guest 0x{lo:x}+0x{min(layer.span, layer.size - lo):x}: {why}")
-    if not placements and not lost:
-        return layer, notes
+        out.notes.append(f"scan: guest 0x{lo:x}+0x{min(layer.span, layer.size - lo):x}: {why}")
+    if not placements and not lost and not unplaced:
+        return
     n = max([len(layer.l1) if not isinstance(layer.l1, Unreadable) else 0] + [p.l1_index + 1 for p in placements])
     l1 = np.zeros(n, dtype=np.uint64)
     if not isinstance(layer.l1, Unreadable):
@@ -277,14 +438,43 @@ def augment(img: Image, layer, *, snapshot=None, force: bool = False):
     for index in lost:
         l1[index] = 0
     labels = {}
-    for p in placements:
+    for k, p in enumerate(placements):
         l1[p.l1_index] = np.uint64(p.offset)
         labels[p.l1_index] = p.label
-        notes.append(f"scan: {p.label} placed at L1 index {p.l1_index} (guest 0x{p.l1_index * layer.span:x})")
-    view = Qcow2Layer(img, backing=layer.backing, data_file=layer.data if layer.data is not img.file else None,
-                      cipher=layer.cipher, l1=l1, labels=labels,
-                      lost={i: w for i, w in lost.items() if i not in labels})
-    return view, notes
+        if k < MAX_NOTES:
+            out.notes.append(f"scan: {p.label} placed at L1 index {p.l1_index} (guest 0x{p.l1_index * layer.span:x})")
+    if len(placements) > MAX_NOTES:
+        out.notes.append(f"scan: {len(placements) - MAX_NOTES} more tables placed (the log names each range's source)")
+    unknown = None
+    if unplaced:
+        unknown = UnknownReason(f"unallocated in the tables, but {len(unplaced)} L2 tables found by the scan "
+                                "could not be placed and may map it")
+    out.view = Qcow2Layer(img, backing=layer.backing, data_file=layer.data if layer.data is not img.file else None,
+                          cipher=layer.cipher, l1=l1, labels=labels,
+                          lost={i: w for i, w in lost.items() if i not in labels}, unknown=unknown)
+
+
+def _account_loose(img: Image, out: ScanResult, candidates: dict[int, np.ndarray], nonzero: list[np.ndarray],
+                   refcounts: np.ndarray | None, role: np.ndarray) -> None:
+    """Clusters read by the scan that hold data in use (a refcount above zero; any non-zero cluster when the
+    refcounts are unreadable or wiped) which neither a candidate is nor a candidate references, nor a journal
+    area explains."""
+    if not nonzero:
+        return
+    cb = img.header.cluster_bits
+    held = np.concatenate(nonzero)
+    held = held[role[held] == int(Role.FREE)]
+    held = _data_like(img, held)
+    if refcounts is not None:
+        held = held[refcounts[held]]  # a free cluster's stale bytes are normal (QEMU does not zero what it frees)
+    if not len(held) or not candidates:
+        out.loose = np.sort(held)
+        return
+    covered = [np.array([o >> cb for o in candidates], dtype=np.int64)]
+    for w in candidates.values():
+        t = _data_targets(w)
+        covered.append((t[t != 0] >> np.uint64(cb)).astype(np.int64))
+    out.loose = np.setdiff1d(held, np.concatenate(covered))
 
 
 def _zeroed_tables(img: Image, layer, leaked: int) -> dict[int, str]:

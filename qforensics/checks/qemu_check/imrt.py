@@ -40,6 +40,16 @@ class Stats:
     image_end_offset: int = 0
     # qemu-img's "Check failed: <strerror>" when qcow2_co_check_locked itself fails: it then prints no numbers
     check_failed: str | None = None
+    # clusters referenced more than once whose refcount is below their references (two guest ranges or two
+    # tables share what the refcount gives to one): recover cannot trust what reads through them
+    shared: list[int] = field(default_factory=list)
+    shared_capped: bool = False  # more than MAX_SHARED: the list is not all of them
+    # clusters still referenced whose refcount is above their references: a structure that shared them (an
+    # active L1 or L2 table sharing a snapshot's) was lost; recover takes the snapshot's table for its range
+    overcounted: list[int] = field(default_factory=list)
+
+
+MAX_SHARED = 1 << 20
 
 
 @dataclass

@@ -12,7 +12,7 @@ import numpy as np
 
 from ...findings import Severity
 from ...model import tables as T
-from .imrt import COMPARE_CHUNK, CheckRun, capped
+from .imrt import COMPARE_CHUNK, MAX_SHARED, CheckRun, capped
 
 COMPARE_PIECE = 1 << 15  # within a chunk whose refcounts are all readable, clusters compared at a time
 
@@ -140,9 +140,16 @@ def _compare_readable(run: CheckRun, lo: int, hi: int, highest: int) -> int:
 def _mismatch(run: CheckRun, i: int, s: int, r: int) -> None:
     """One compare_refcounts message: refcount below the references is corruption, above is a leak."""
     if s < r:
+        if r > 1:
+            if len(run.stats.shared) < MAX_SHARED:
+                run.stats.shared.append(i)
+            else:
+                run.stats.shared_capped = True
         run.add("refcount.too_low", Severity.CORRUPTION, f"cluster {i} (0x{i << run.cb:x}) has refcount {s} but "
                 f"{r} references", "refcount block", i << run.cb, f"ERROR cluster {i} refcount={s} reference={r}")
     else:
+        if r > 0 and len(run.stats.overcounted) < MAX_SHARED:
+            run.stats.overcounted.append(i)
         run.add("refcount.leak", Severity.LEAK, f"cluster {i} (0x{i << run.cb:x}) has refcount {s} but {r} "
                 "references", "refcount block", i << run.cb, f"Leaked cluster {i} refcount={s} reference={r}",
                 counts="leaks")
