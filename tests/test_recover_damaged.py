@@ -167,14 +167,17 @@ def test_destroyed_cluster_bits_is_inferred(damaged, tmp_path, case, value):
     assert any("inferred" in n for n in log["notes"])
 
 
-def test_destroyed_cluster_bits_without_refcounts_is_the_headers_error(damaged, tmp_path):
-    """With the refcount table gone too nothing says which size is right: the header's own error, exit 1."""
-    path, _ = damaged("refcount_table_zeroed", "v3_default")
+def test_destroyed_cluster_bits_without_refcounts_is_read_from_the_l1s_tables(damaged, tmp_path):
+    """With the refcount table gone too, the L1's tables still say which size is right (issue 16.4): the
+    largest cluster size at which they stay L2-shaped, aligned, and map the most data; the note names the
+    readings it was weighed against, and the bytes are the image's."""
+    path, ref = damaged("refcount_table_zeroed", "v3_default")
     poke(path, 20, bytes(4))
     out = tmp_path / "o.raw"
     res = run_qforensics("recover", str(path), "-o", str(out), cwd=tmp_path)
-    assert res.returncode == 1 and "cluster_bits" in res.stderr and "inferred" not in res.stderr
-    assert len(res.stderr.splitlines()) == 1 and not out.exists()
+    assert res.returncode == 0, res.stderr
+    assert "cluster_bits is 0" in res.stderr and "inferred" in res.stderr and "L1" in res.stderr
+    assert out.read_bytes() == ref.read_bytes()
 
 
 def test_l2_zeroed_falls_back_to_the_newest_snapshot_and_logs_the_rest(damaged, tmp_path, corpus):

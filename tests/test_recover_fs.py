@@ -205,9 +205,7 @@ def test_intact(disks, ident):
 # ---------------------------------------------------------------------------------------------
 # damaged images
 
-# the header-destroying damages (head_*) join when recover reads a file whose header is lost (issue 16.5)
-HEADER_LOST = ("head_1m_zeroed", "head_4m_random")
-DAMAGE_CASES = [(i, d) for i in DAMAGED_IMAGES for d in F.DAMAGES if d not in HEADER_LOST]
+DAMAGE_CASES = [(i, d) for i in DAMAGED_IMAGES for d in F.DAMAGES]
 
 
 @pytest.mark.parametrize("ident,damage", DAMAGE_CASES)

@@ -151,7 +151,7 @@ def encrypted(request, tmp_path_factory) -> tuple[Path, Path]:
     d = tmp_path_factory.mktemp(f"enc_{fmt}")
     img = d / "e.qcow2"
     opts = f"encrypt.format={fmt},encrypt.key-secret=sec0" + (",encrypt.iter-time=10" if fmt == "luks" else "")
-    for _ in range(5):  # LUKS: "Unable to get accurate CPU usage" now and then
+    for _ in range(12):  # LUKS: "Unable to get accurate CPU usage" now and then (more often under load)
         res = qemu_img("create", "-q", "-f", "qcow2", "--object", SECRET, "-o", opts, str(img), "8M")
         if res.returncode == 0:
             break

@@ -106,7 +106,7 @@ class Qcow2Layer:
     def __init__(self, img: Image, *, snapshot=None, backing=None, data_file: FileLayer | None = None,
                  cipher=None, name: str | None = None, l1: np.ndarray | None = None,
                  labels: dict[int, str] | None = None, lost: dict[int, str] | None = None,
-                 unknown: str | None = None):
+                 unknown: str | None = None, size: int | None = None):
         h = img.header
         if not img.geometry_ok:
             raise ImageOpenError(f"cluster_bits {h.cluster_bits} is unusable (QEMU takes 9 to 21): no table can be "
@@ -123,6 +123,8 @@ class Qcow2Layer:
         else:
             l1_offset, l1_size = snapshot.l1_table_offset, snapshot.l1_size
             self.size = snapshot.disk_size if snapshot.disk_size is not None else h.size
+        if size is not None:  # a recovered view that grew past an estimated size (recovery/scan.py)
+            self.size = size
         self.size = min(self.size, MAX_GUEST)
         self.l1_offset = l1_offset
         if l1 is not None:  # an L1 rebuilt from other evidence (recovery/scan.py)

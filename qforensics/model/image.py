@@ -8,6 +8,7 @@ not qcow2 at all raises (ImageOpenError).
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path
@@ -23,8 +24,7 @@ from . import tables
 from .qcow2_header_extensions import (BACKING_FORMAT, BITMAPS, DEDUPLICATION, EXTERNAL_DATA_FILE,
                                       FULL_DISK_ENCRYPTION, BitmapsBody, Extensions, read_extensions)
 from .qcow2_header import (KAITAI_TO_SPEC, FIELDS, MAGIC, MAX_CLUSTER_BITS, MIN_CLUSTER_BITS, QCOW_CRYPT_LUKS,
-                     QCOW_MAX_L1_SIZE, QCOW_MAX_REFTABLE_SIZE, Header, check_header, feature_names, parse_header,
-                     with_cluster_bits)
+                     QCOW_MAX_L1_SIZE, QCOW_MAX_REFTABLE_SIZE, Header, check_header, feature_names, parse_header)
 from .kaitai import StructureError, decode_name
 from .snapshot_table import Snapshot, read_snapshots
 
@@ -35,6 +35,7 @@ if TYPE_CHECKING:  # the optional structures' readers are imported when an image
     from .luks1_header import LuksHeader
 
 HEADER_PROBE = 4096
+OVERRIDABLE = frozenset(FIELDS) - {"padding"}  # header fields recover's repair views may replace
 MAX_CLUSTER0_READ = 1 << MAX_CLUSTER_BITS
 # L1 entries read across the active and the distinct snapshot tables (two tables of QEMU's maximum): past
 # it, snapshot tables are not walked (4096 snapshots of 32 MiB would be 128 GiB)
@@ -92,6 +93,41 @@ class Unreadable:
         return False
 
 
+def check_overrides(overrides: Mapping[str, int | bool]) -> dict[str, int | bool]:
+    """The header overrides, refused (ValueError) when a name is no header field or a value does not fit."""
+    out: dict[str, int | bool] = {}
+    for name, value in overrides.items():
+        if name == "extended_l2":
+            out[name] = bool(value)
+            continue
+        if name not in OVERRIDABLE:
+            raise ValueError(f"{name!r} is not a header field that can be overridden")
+        value = int(value)
+        if not 0 <= value < 1 << (8 * FIELDS[name][1]):
+            raise ValueError(f"header field {name} cannot hold {value}")
+        out[name] = value
+    return out
+
+
+def with_fields(data: bytes, overrides: Mapping[str, int | bool]) -> bytes:
+    """The header's bytes with fields replaced (``extended_l2`` sets or clears incompatible bit 4 after any
+    incompatible_features value); a field the bytes are too short to hold is left out, as
+    qcow2_header.with_cluster_bits leaves it."""
+    out = bytearray(data)
+    for name, value in overrides.items():
+        if name == "extended_l2":
+            continue
+        at, size = FIELDS[name]
+        if len(out) >= at + size:
+            out[at:at + size] = int(value).to_bytes(size, "big")
+    if "extended_l2" in overrides:
+        at, size = FIELDS["incompatible_features"]
+        if len(out) >= at + size:
+            bits = int.from_bytes(out[at:at + size], "big") & ~(1 << 4)
+            out[at:at + size] = (bits | (1 << 4 if overrides["extended_l2"] else 0)).to_bytes(size, "big")
+    return bytes(out)
+
+
 def c_string(raw: bytes) -> str:
     """A name as QEMU reads it: a C string, ending at the first NUL byte."""
     return decode_name(raw.split(b"\0", 1)[0])
@@ -120,12 +156,21 @@ class Image:
     >>> img.header.cluster_size, len(img.snapshots), img.l1_table()[:4]
     """
 
-    def __init__(self, path: str | os.PathLike[str], *, cluster_bits: int | None = None):
-        """``cluster_bits`` replaces the header's (recover's repair view when the field is destroyed:
-        recovery/geometry.py); the file is still never written."""
+    def __init__(self, path: str | os.PathLike[str], *, cluster_bits: int | None = None,
+                 overrides: Mapping[str, int | bool] | None = None, header_bytes: bytes | None = None):
+        """Recover's repair views; the file itself is never written. ``overrides`` replaces header fields
+        (spec names from qcow2_header.FIELDS, and ``extended_l2`` for incompatible bit 4) by the values the
+        structures show (recovery/geometry.py ``infer_header``); ``cluster_bits`` is one such field.
+        ``header_bytes`` is a whole synthetic header (recovery/headerless.py) parsed instead of the file's
+        first bytes: cluster 0 is then those bytes followed by zeros, nothing of the file's cluster 0."""
+        self.overrides: dict[str, int | bool] = check_overrides(
+            {**(overrides or {}), **({} if cluster_bits is None else {"cluster_bits": cluster_bits})})
         self.path = Path(path)
         self.file = FileLayer(path)
-        self._cluster_bits = cluster_bits
+        self._header_bytes = None if header_bytes is None else bytes(header_bytes[:MAX_CLUSTER0_READ])
+        # where the header came from: the file's bytes, repaired fields of them, or a synthetic header
+        self.header_source = ("synthetic" if self._header_bytes is not None else "repaired" if self.overrides
+                              else "file")
         try:
             self._open()
         except BaseException:
@@ -133,9 +178,9 @@ class Image:
             raise
 
     def _open(self) -> None:
-        probe = self.file.read(0, HEADER_PROBE)
-        if self._cluster_bits is not None:
-            probe = with_cluster_bits(probe, self._cluster_bits)
+        probe = self.file.read(0, HEADER_PROBE) if self._header_bytes is None else self._header_bytes[:HEADER_PROBE]
+        if self.overrides:
+            probe = with_fields(probe, self.overrides)
         if len(probe) < 4 or probe[:4] != MAGIC:
             raise ImageOpenError(f"not a qcow2 image (magic {probe[:4].hex() or 'missing'}, expected 514649fb)",
                                  structure="qcow2 header", offset=0)
@@ -159,7 +204,7 @@ class Image:
                                  qemu_message=qemu.format(value) if qemu else None) from None
         h = self.header
         self.geometry_ok = MIN_CLUSTER_BITS <= h.cluster_bits <= MAX_CLUSTER_BITS
-        self.cluster0 = probe if not self.geometry_ok else self.file.read(0, min(h.cluster_size, MAX_CLUSTER0_READ))
+        self.cluster0 = probe if not self.geometry_ok else self._cluster0(min(h.cluster_size, MAX_CLUSTER0_READ))
         self.extensions: Extensions = read_extensions(h, self.cluster0)
         self.feature_table = self.extensions.feature_table()
         self.open_findings: list[Finding] = check_header(h, self.file.size, self.extensions.qemu_feature_entries())
@@ -194,6 +239,14 @@ class Image:
             ext = self.extensions.first(magic)
             if ext is not None:
                 self.open_findings += name_findings(ext.data, what, ext.data_offset)
+
+    def _cluster0(self, size: int) -> bytes:
+        """Cluster 0 as the model reads it: the file's (its header fields overridden), or the synthetic
+        header followed by zeros."""
+        if self._header_bytes is not None:
+            return with_fields(self._header_bytes[:size], self.overrides).ljust(size, b"\0")
+        raw = self.file.read(0, size)
+        return with_fields(raw, self.overrides) if self.overrides else raw
 
     # -- small structures ---------------------------------------------------------------------------------
 

@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from .. import __version__
-from ..errors import QforensicsError, UsageError
+from ..errors import ImageOpenError, QforensicsError, UsageError
 from ..evidence.file import FileLayer
 from ..layers.chain import Consent, open_chain
 from ..layers.extent import Kind
@@ -112,25 +112,44 @@ def _snapshot_fallback(img: Image, top, skip_id: str | None, faults: Faults):
     return fallback if snaps else None
 
 
-def _open_image(image: str, notes: list[str]) -> Image:
-    """The image; when its header's cluster_bits is unusable but the structures show the real one, the
-    image as if the header said so (the note says what was inferred and why)."""
-    from ..model.qcow2_header import MAGIC, MAX_CLUSTER_BITS, MIN_CLUSTER_BITS, stored_cluster_bits
+def _open_image(image: str, notes: list[str], scan: bool = False) -> tuple[Image, bool]:
+    """The image; when its header holds a field no qcow2 image can have (qemu refuses it) but the tables
+    show the reading it must have, the image as if the header said so; when the header is lost (the magic
+    gone) and ``scan`` is asked, the image under a header rebuilt from its structures. The notes say what was
+    inferred and why. check and info never come here: they refuse such files as QEMU does. Also returns
+    whether the virtual size is one the image states (False: a rebuilt header's estimate, which placed
+    windows may extend)."""
     from ..model.image import HEADER_PROBE
+    from ..model.qcow2_header import MAGIC
+    from .geometry import infer_header
+    from .headerless import synthesize
 
     with FileLayer(image) as file:
         probe = file.read(0, HEADER_PROBE)
-        stored = stored_cluster_bits(probe)
-        if probe[:4] != MAGIC or stored is None or MIN_CLUSTER_BITS <= stored <= MAX_CLUSTER_BITS:
-            return Image(image)
-        from .geometry import infer_cluster_bits
-
-        found = infer_cluster_bits(file, probe)
+        if probe[:4] != MAGIC:
+            synth = synthesize(file) if scan else None
+            if synth is None:
+                return _refused(image, scan), True
+            notes.extend(synth.notes)
+            return Image(image, header_bytes=synth.header_bytes()), synth.size_stated
+        found = infer_header(file, probe)
     if found is None:
-        return Image(image)  # the header's own error, as before
-    cb, why = found
-    notes.append(f"qcow2 header: cluster_bits is {stored}, which no qcow2 image can have; {cb} inferred: {why}")
-    return Image(image, cluster_bits=cb)
+        return Image(image), True
+    overrides, why = found
+    notes.extend(why)
+    return Image(image, overrides=overrides), True
+
+
+def _refused(image: str, scan: bool) -> Image:
+    """The image as the model opens it, which raises the header's own error (as qemu refuses it), saying
+    what --scan could or could not do about it."""
+    try:
+        return Image(image)
+    except ImageOpenError as exc:
+        hint = ("--scan found no structures to rebuild a header from (no cluster size that L2-shaped clusters "
+                "agree on)" if scan else "recover --scan rebuilds a lost header from the structures that survive")
+        raise ImageOpenError(f"{exc.message}; {hint}", structure=exc.structure, offset=exc.offset, code=exc.code,
+                             qemu_message=exc.qemu_message) from None
 
 
 def recover_image(image: str, out: Path, *, passphrase: bytes | None = None, backing_dir: Path | None = None,
@@ -140,7 +159,8 @@ def recover_image(image: str, out: Path, *, passphrase: bytes | None = None, bac
     """Recover the guest disk of ``image`` into ``out`` (raw, sparse); see the module docstring."""
     notes: list[str] = []
     opened: list = []
-    with _open_image(image, notes) as img:
+    img, size_stated = _open_image(image, notes, scan)
+    with img:
         try:
             cipher = _cipher(img, passphrase, notes)
             snap = find_snapshot(img.snapshots, snapshot) if snapshot else None
@@ -161,12 +181,13 @@ def recover_image(image: str, out: Path, *, passphrase: bytes | None = None, bac
             view_fault = faults.snapshots.get(snap.id) if snap is not None else None
             view_fault = view_fault or (f"{faults.capped}.more" if faults.capped else None)
             found = augment(img, layer, report.layout, snapshot=snap, force=scan, faulted=faults.slots(layer),
-                            overcounted=report.stats.overcounted)
+                            overcounted=report.stats.overcounted, size_stated=size_stated)
             layer = found.view
             notes += found.notes
             header = {"tool": f"qforensics {__version__}", "image": str(image), "output": str(out),
                       "view": top_label, "time": datetime.now(UTC).isoformat(timespec="seconds"),
-                      "command": argv or [], "notes": notes, "unplaced-evidence": found.listing()}
+                      "command": argv or [], "header": img.header_source, "notes": notes,
+                      "unplaced-evidence": found.listing()}
             rec = recover(layer, out, log_path=log_path, top_label=top_label, header=header,
                           fallback=_snapshot_fallback(img, layer, snap.id if snap else None, faults),
                           faults=faults, view_fault=view_fault, unplaced=found.unplaced(),

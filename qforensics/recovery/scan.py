@@ -164,7 +164,7 @@ def place(img: Image, candidates: dict[int, np.ndarray], open_slots: OpenSlots, 
                 take(off, index, f"stale L1 copy at 0x{copy:x}, entry {index}")
     rest = [o for o in tables if o not in placed]
     if rest and view is not None:
-        solution = place_by_evidence(img, view, rest, open_slots.__contains__)
+        solution = place_by_evidence(img, view, rest, open_slots.__contains__, bounded=open_slots.bounded)
         for off, p in sorted(solution.placed.items(), key=lambda kv: kv[1].slot):
             take(off, p.slot, f"placed by {p.evidence}")
         if reasons is not None:
@@ -241,6 +241,7 @@ class OpenSlots:
         self.n = n
         self.damaged = {i for i in damaged if i < n}
         self.taken: set[int] = set()
+        self.bounded = True  # the virtual size is stated: no slot past it
 
     def __contains__(self, index: int) -> bool:
         if not 0 <= index < self.n or index in self.taken:
@@ -332,13 +333,16 @@ def _data_targets(w: np.ndarray) -> np.ndarray:
 
 
 def augment(img: Image, layer, lay, *, snapshot=None, force: bool = False,
-            faulted: dict[int, str] | None = None, overcounted: list[int] | None = None) -> ScanResult:
+            faulted: dict[int, str] | None = None, overcounted: list[int] | None = None,
+            size_stated: bool = True) -> ScanResult:
     """The active view with orphan L2 tables placed where the evidence puts them, notes on what was found,
     and what could not be placed. ``lay``: the command's host layout (the check's). Reads the unreferenced
     clusters that still have a refcount; every unreferenced cluster with ``force`` (--scan), or when the
     active view shows damage, the refcounts are unreadable or zero, or the leaked clusters hold L2 tables
     (the notes say why the full scan was implied). ``faulted``: L1 slots whose table the checks fault;
-    ``overcounted``: clusters whose refcount is above their references (qemu_check Stats.overcounted)."""
+    ``overcounted``: clusters whose refcount is above their references (qemu_check Stats.overcounted).
+    ``size_stated`` False (a rebuilt header's estimate): windows may be placed past the virtual size, which
+    the view then grows to cover."""
     if snapshot is not None or not img.geometry_ok or lay is None:
         return ScanResult(layer)
     out = ScanResult(layer, cluster_size=img.header.cluster_size)
@@ -348,6 +352,9 @@ def augment(img: Image, layer, lay, *, snapshot=None, force: bool = False,
     if not len(free) and not len(overcounted):
         return out  # every cluster is referenced as its refcount says: nothing to scan, no view to walk
     slots, damaged = damaged_slots(layer, img.header.l1_size)
+    if not size_stated:
+        slots.n = max(slots.n, -(-img.file.size // img.header.cluster_size))  # any slot a table could take
+    slots.bounded = size_stated
     slots.damaged |= {i for i in (faulted or {}) if i < slots.n}
     borrowed = _borrow_snapshot_tables(img, slots, overcounted) if len(overcounted) else []
     if not len(free):
@@ -449,9 +456,14 @@ def _place_into(img: Image, layer, out: ScanResult, candidates: dict[int, np.nda
     if unplaced:
         unknown = UnknownReason(f"unallocated in the tables, but {len(unplaced)} L2 tables found by the scan "
                                 "could not be placed and may map it")
+    size = None
+    if not slots.bounded and placements:
+        size = max(layer.size, (max(p.l1_index for p in placements) + 1) * layer.span)
+        if size > layer.size:
+            out.notes.append(f"virtual size grown to {size}: the furthest window placed ends there")
     out.view = Qcow2Layer(img, backing=layer.backing, data_file=layer.data if layer.data is not img.file else None,
                           cipher=layer.cipher, l1=l1, labels=labels,
-                          lost={i: w for i, w in lost.items() if i not in labels}, unknown=unknown)
+                          lost={i: w for i, w in lost.items() if i not in labels}, unknown=unknown, size=size)
 
 
 def _account_loose(img: Image, out: ScanResult, candidates: dict[int, np.ndarray], nonzero: list[np.ndarray],

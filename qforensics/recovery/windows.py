@@ -147,9 +147,10 @@ def _moved(c: Claim, by: int) -> Claim:
     return Claim(c.at + by, c.frame, c.position, c.what, c.size, c.partitions)
 
 
-def place_by_evidence(img: Image, view, tables: list[int], open_slot) -> Solution:
-    """Where the guest's own structures put each orphan window (recovery/locate/solver.py)."""
+def place_by_evidence(img: Image, view, tables: list[int], open_slot, *, bounded: bool = True) -> Solution:
+    """Where the guest's own structures put each orphan window (recovery/locate/solver.py); ``bounded``
+    False when the virtual size is only an estimate (windows may lie past it)."""
     span = img.header.l2_entries * img.header.cluster_size
     claims = window_claims(img, tables, view)
     known = known_claims(view, open_slot)
-    return place_windows(claims, span, view.size, known, open_slot)
+    return place_windows(claims, span, view.size if bounded else None, known, open_slot)
