@@ -197,3 +197,40 @@ def test_written_zero_clusters_in_a_damaged_image_are_uncertain(corpus, tmp_path
     assert rc == 2
     assert log["uncertain-by-code"].get("recover.zeroed_cluster") == cs
     assert {"start": guest, "length": cs} in log["zero-cluster-ranges"]
+
+
+def test_loose_clusters_holding_self_locating_structures_are_placed_alone(tmp_path):
+    """With the only L2 table wiped, no table names the data clusters; those that hold an MBR, a GPT backup
+    header or the ext4 superblock (whose partition the GPT gives) go back to the guest offsets they state."""
+    import shutil
+    import subprocess
+
+    if not (shutil.which("sgdisk") and shutil.which("mke2fs")):
+        pytest.skip("sgdisk or mke2fs missing")
+    raw = tmp_path / "disk.raw"
+    with open(raw, "wb") as f:
+        f.truncate(24 << 20)
+    subprocess.run(["sgdisk", "-n", "1:2048:0", "-t", "1:8300", str(raw)], check=True, capture_output=True)
+    subprocess.run(["mke2fs", "-q", "-F", "-t", "ext4", "-E", "offset=1048576", str(raw), "20M"], check=True,
+                   capture_output=True)
+    path = tmp_path / "d.qcow2"
+    assert qemu_img("convert", "-O", "qcow2", str(raw), str(path)).returncode == 0
+    truth = raw.read_bytes()
+    mapped = sum(r["length"] for r in json.loads(qemu_img("map", "--output=json", str(path)).stdout) if r["data"])
+    with open_image(path) as img:
+        l2 = int(img.l1_table()[0]) & ((1 << 56) - 1) & ~0x1FF
+        cs = img.header.cluster_size
+    with open(path, "r+b") as f:
+        f.seek(l2)
+        f.write(bytes(cs))
+    rc, log = recover(path, tmp_path)
+    assert rc == 2  # the other data clusters stay unplaced
+    alone = {r["start"]: r["source"] for r in log["ranges"] if "placed alone" in r.get("source", "")}
+    assert {0, 1 << 20, len(truth) - cs} <= set(alone)  # and the clusters of ext4's backup superblocks
+    assert "protective MBR at guest 0x0" in alone[0] and "ext4 superblock (group 0)" in alone[1 << 20]
+    assert "GPT backup header" in alone[len(truth) - cs]
+    out = (tmp_path / "out.raw").read_bytes()
+    for g in alone:
+        assert out[g:g + cs] == truth[g:g + cs]
+    # the clusters the table named: three placed alone, the rest listed as unplaced
+    assert log["unplaced"]["clusters"] + len(alone) == mapped // cs

@@ -12,6 +12,8 @@ offsets; Python only touches run boundaries.
 
 from __future__ import annotations
 
+import bisect
+
 from collections.abc import Iterator
 from functools import cached_property
 
@@ -106,7 +108,8 @@ class Qcow2Layer:
     def __init__(self, img: Image, *, snapshot=None, backing=None, data_file: FileLayer | None = None,
                  cipher=None, name: str | None = None, l1: np.ndarray | None = None,
                  labels: dict[int, str] | None = None, lost: dict[int, str] | None = None,
-                 unknown: str | None = None, size: int | None = None):
+                 unknown: str | None = None, size: int | None = None,
+                 alone: dict[int, tuple[int, str]] | None = None):
         h = img.header
         if not img.geometry_ok:
             raise ImageOpenError(f"cluster_bits {h.cluster_bits} is unusable (QEMU takes 9 to 21): no table can be "
@@ -135,6 +138,9 @@ class Qcow2Layer:
         self.labels = labels or {}  # L1 index -> where its L2 table came from, when not the image's own L1
         self.lost = lost or {}  # L1 index -> why its range is known to be damaged though its entry reads 0
         self.unknown = unknown  # why every other unallocated L1 entry's range may hold data (an UnknownReason)
+        # guest cluster offset -> (host offset, where it came from): clusters placed alone in unallocated ranges
+        self.alone = alone or {}
+        self._alone_at = sorted(self.alone)
         self.backing = backing
         self.data = data_file if data_file is not None else img.file
         self.cipher = cipher
@@ -227,11 +233,11 @@ class Qcow2Layer:
                 pos = i
                 for k in [*lost, j]:
                     if k > pos:
-                        yield Runs.of(Extent((first + pos) * self.span, (k - pos) * self.span,
-                                             Kind.UNALLOCATED, reason=self.unknown or "")).clip(start, end)
+                        yield from self._unallocated((first + pos) * self.span, (first + k) * self.span,
+                                                     self.unknown or "", start, end)
                     if k < j:
-                        yield Runs.of(Extent((first + k) * self.span, self.span, Kind.UNALLOCATED,
-                                             reason=self.lost[first + k])).clip(start, end)
+                        yield from self._unallocated((first + k) * self.span, (first + k + 1) * self.span,
+                                                     self.lost[first + k], start, end)
                     pos = k + 1
                 continue
             if j - i > MAX_EACH:  # a long stretch of bad entries (a hostile L1): one run, one reason
@@ -254,6 +260,17 @@ class Qcow2Layer:
                                  reason=f"L2 table at 0x{off:x} (L1 index 0x{first + k:x}) is past the end of "
                                         f"the file (0x{size:x})")
                 yield Runs.of(ext).clip(start, end)
+
+    def _unallocated(self, lo: int, hi: int, reason: str, start: int, end: int) -> Iterator[Runs]:
+        """[lo, hi) unallocated (with ``reason``), but for the clusters placed alone there (``alone``)."""
+        pos = lo
+        for g in self._alone_at[bisect.bisect_left(self._alone_at, lo):bisect.bisect_left(self._alone_at, hi)]:
+            if g > pos:
+                yield Runs.of(Extent(pos, g - pos, Kind.UNALLOCATED, reason=reason)).clip(start, end)
+            yield Runs.of(Extent(g, self.cs, Kind.NORMAL, host=self.alone[g][0])).clip(start, end)
+            pos = g + self.cs
+        if pos < hi:
+            yield Runs.of(Extent(pos, hi - pos, Kind.UNALLOCATED, reason=reason)).clip(start, end)
 
     def _table_runs(self, l1_index: int, offsets: list[int]) -> Runs:
         """Runs of the L2 tables of consecutive allocated L1 entries starting at ``l1_index``."""

@@ -172,7 +172,7 @@ def recover_image(image: str, out: Path, *, passphrase: bytes | None = None, bac
                 refuse_overwrite(log_path, inputs)
             top_label = "active" if snap is None else f"snapshot {snap.id} ({snap.name})"
             # the check's findings say which structures cannot be trusted; its layout is the command's one
-            report = check_image(img)
+            report = check_image(img, light=True)
             faults = Faults.of(img, report)
             faults.confirm_shared(layer)
             if faults.capped:
@@ -184,6 +184,9 @@ def recover_image(image: str, out: Path, *, passphrase: bytes | None = None, bac
                             overcounted=report.stats.overcounted, size_stated=size_stated)
             layer = found.view
             notes += found.notes
+            damaged = any(f.severity == Severity.CORRUPTION for f in report.findings)
+            # the check's findings and layout are let go before the copy (the layout kept for --carve-dir)
+            lay, report = report.layout if carve_dir is not None else None, None
             header = {"tool": f"qforensics {__version__}", "image": str(image), "output": str(out),
                       "view": top_label, "time": datetime.now(UTC).isoformat(timespec="seconds"),
                       "command": argv or [], "header": img.header_source, "notes": notes,
@@ -191,9 +194,9 @@ def recover_image(image: str, out: Path, *, passphrase: bytes | None = None, bac
             rec = recover(layer, out, log_path=log_path, top_label=top_label, header=header,
                           fallback=_snapshot_fallback(img, layer, snap.id if snap else None, faults),
                           faults=faults, view_fault=view_fault, unplaced=found.unplaced(),
-                          watch_zeros=any(f.severity == Severity.CORRUPTION for f in report.findings))
+                          watch_zeros=damaged)
             if carve_dir is not None:
-                notes.append(carve(img, carve_dir, inputs=inputs, lay=report.layout, windows=found.unplaced_tables,
+                notes.append(carve(img, carve_dir, inputs=inputs, lay=lay, windows=found.unplaced_tables,
                                    view=layer))
         finally:
             for f in opened:

@@ -145,6 +145,11 @@ def shared_inflate(owner, batch: Runs, writer: Writer) -> set[int]:
 
 def source_label(depth: int, layer, top_label: str, guest: int = 0) -> str:
     """Where a run's bytes come from, as the log names it."""
+    alone = getattr(layer, "alone", None)
+    if alone:
+        placed = alone.get(guest - guest % layer.cs)
+        if placed:
+            return placed[1]
     labels = getattr(layer, "labels", None)
     if labels:
         label = labels.get(guest // layer.span)

@@ -28,6 +28,7 @@ from ..model import tables as T
 from ..model.refcount import stored_refcounts as model_refcounts
 from ..model.snapshot_table import distinct_snapshots
 from .carve import looks_like
+from .locate import detect
 from .windows import place_by_evidence
 from ..layers.extent import Kind, UnknownReason
 
@@ -99,7 +100,7 @@ def find_candidates(img: Image, clusters: np.ndarray, role: np.ndarray, refcount
             d = T.Descriptors(w, False)
             targets = (d.offset[d.allocated] >> np.uint64(cb)).astype(np.int64)
             targets = targets[targets < n_file]
-            if np.isin(role[targets], UNREFERENCED + (Role.DATA,), invert=True).any():
+            if np.isin(role[targets], [int(r) for r in (*UNREFERENCED, Role.DATA)], invert=True).any():
                 continue  # points into metadata: a refcount table, an L1 of known tables, ...
             if refcounts is not None and refcounts.any() and (~refcounts[targets]).any():
                 continue  # data clusters must be in use
@@ -133,11 +134,13 @@ def _heads_could_be_tables(img: Image, chunk: np.ndarray, nonzero: list[np.ndarr
 
 
 def place(img: Image, candidates: dict[int, np.ndarray], open_slots: OpenSlots, view=None,
-          reasons: dict[int, str] | None = None) -> tuple[list[Placement], dict[int, int], list[int]]:
+          reasons: dict[int, str] | None = None, frames: dict[str, int] | None = None,
+          ) -> tuple[list[Placement], dict[int, int], list[int]]:
     """Where each candidate goes: (placements, stale L1 copies {offset: tables placed}, unplaced offsets).
     Evidence, strongest first: a stale L1 copy, the guest's own self-locating structures in the window
     (read through ``view``'s chain and cipher), a snapshot L2 table the candidate agrees with, the dedup
-    table, the only slot left. ``reasons`` gets why the guest's evidence left a window unplaced."""
+    table, the only slot left. ``reasons`` gets why the guest's evidence left a window unplaced, ``frames``
+    the file systems' origins it resolved."""
     h = img.header
     cs = h.cluster_size
     mask = T.L1E_OFFSET_MASK
@@ -169,6 +172,8 @@ def place(img: Image, candidates: dict[int, np.ndarray], open_slots: OpenSlots, 
             take(off, p.slot, f"placed by {p.evidence}")
         if reasons is not None:
             reasons.update(solution.unplaced)
+        if frames is not None:
+            frames.update(solution.frames)
     masked = ~T.OFLAG_COPIED
     compared: set[int] = set()  # each snapshot L2 table is read once, and only SIMILAR_BUDGET of them
     for snap in distinct_snapshots(img.snapshots):
@@ -296,6 +301,7 @@ class ScanResult:
     unplaced_tables: dict[int, np.ndarray] = field(default_factory=dict)  # L2 offset -> its entries
     loose: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # unplaced data clusters
     stray_tables: dict[int, np.ndarray] = field(default_factory=dict)  # unplaced, with no open slot to take
+    frames: dict[str, int] = field(default_factory=dict)  # file systems' origins the window solver resolved
     cluster_size: int = 0
 
     def unplaced(self) -> dict:
@@ -347,7 +353,7 @@ def augment(img: Image, layer, lay, *, snapshot=None, force: bool = False,
         return ScanResult(layer)
     out = ScanResult(layer, cluster_size=img.header.cluster_size)
     role = lay.role
-    free = np.flatnonzero(np.isin(role, UNREFERENCED))
+    free = np.flatnonzero((role == int(Role.FREE)) | (role == int(Role.JOURNAL)))  # int8 compares, no upcast
     overcounted = np.array(sorted(overcounted or ()), dtype=np.int64) if img.snapshots else np.zeros(0, np.int64)
     if not len(free) and not len(overcounted):
         return out  # every cluster is referenced as its refcount says: nothing to scan, no view to walk
@@ -378,15 +384,61 @@ def augment(img: Image, layer, lay, *, snapshot=None, force: bool = False,
     nonzero: list[np.ndarray] = []
     candidates = find_candidates(img, scan, role, refcounts, nonzero)
     if not full and (candidates or lost):
-        out.notes.append("scan: --scan implied: the leaked clusters hold L2-shaped tables; every unreferenced "
-                         "cluster read")
+        why = "the leaked clusters hold L2-shaped tables" if candidates else "an L2 table reads all zeros"
+        out.notes.append(f"scan: --scan implied: {why}; every unreferenced cluster read")
         rest = np.setdiff1d(free, scan, assume_unique=True)
         candidates.update(find_candidates(img, rest, role, refcounts, nonzero))
         scan, full = free, True
     if candidates or lost or borrowed:
         _place_into(img, layer, out, candidates, slots, lost, len(scan), borrowed)
     _account_loose(img, out, candidates, nonzero, refcounts if refs_ok else None, role)
+    _place_alone(img, out, slots)
     return out
+
+
+def _place_alone(img: Image, out: ScanResult, slots: OpenSlots) -> None:
+    """Loose data clusters (no table names them) that hold a self-locating structure, placed alone at the
+    guest offset it states (in the disk's frame, or a file system's whose origin the windows resolved), where
+    the view maps nothing: each said so in the notes and the log. Two clusters for one offset take none."""
+    from ..layers.qcow2 import Qcow2Layer
+
+    view = out.view
+    if not len(out.loose) or isinstance(getattr(view, "l1", None), Unreadable) or not hasattr(view, "span"):
+        return
+    cb, cs = img.header.cluster_bits, img.header.cluster_size
+    claims = [(c << cb, claim) for c in out.loose[:MAX_CLASSIFIED].tolist()
+              for claim in detect(img.file.read(c << cb, cs), cs)]
+    frames = dict(out.frames)
+    starts = {p[0] for _, claim in claims if claim.frame == "disk" for p in claim.partitions}
+    for frame in {claim.frame for _, claim in claims} - set(frames) - {"disk"}:
+        mine = [claim for _, claim in claims if claim.frame == frame]
+        fits = [o for o in (starts or {0}) if all((o + c.position - c.at) % cs == 0 for c in mine)]
+        if len(fits) == 1:  # one partition start (or the disk's start, with no partition table) fits them all
+            frames[frame] = fits[0]
+    found: dict[int, list[tuple[int, str]]] = {}
+    for host, claim in claims:
+        origin = 0 if claim.frame == "disk" else frames.get(claim.frame)
+        if origin is None:
+            continue
+        g = origin + claim.position - claim.at
+        slot = g // view.span if g >= 0 else -1
+        if g % cs or not 0 <= g < view.size or slot not in slots or view.labels.get(slot):
+            continue
+        found.setdefault(g, [])
+        if all(h != host for h, _ in found[g]):
+            found[g].append((host, f"cluster at 0x{host:x} placed alone by {claim.what} at guest "
+                                   f"0x{origin + claim.position:x}"))
+    alone = {g: v[0] for g, v in found.items() if len(v) == 1}
+    if not alone:
+        return
+    for k, (g, (_, label)) in enumerate(sorted(alone.items())):
+        if k < MAX_NOTES:
+            out.notes.append(f"scan: {label}")
+    placed = np.array(sorted(h >> cb for h, _ in alone.values()), dtype=np.int64)
+    out.loose = np.setdiff1d(out.loose, placed)
+    out.view = Qcow2Layer(img, backing=view.backing, data_file=view.data if view.data is not img.file else None,
+                          cipher=view.cipher, l1=view.l1, labels=view.labels, lost=view.lost, unknown=view.unknown,
+                          size=view.size, alone=alone)
 
 
 def _borrow_snapshot_tables(img: Image, slots: OpenSlots, overcounted: np.ndarray) -> list[Placement]:
@@ -415,7 +467,8 @@ def _place_into(img: Image, layer, out: ScanResult, candidates: dict[int, np.nda
     from ..layers.qcow2 import Qcow2Layer
 
     reasons: dict[int, str] = {}
-    placements, copies, unplaced = place(img, candidates, slots, layer, reasons) if candidates else ([], {}, [])
+    placements, copies, unplaced = (place(img, candidates, slots, layer, reasons, out.frames) if candidates
+                                    else ([], {}, []))
     placements = sorted([*borrowed, *placements], key=lambda p: p.l1_index)
     if unplaced and slots.count() <= 0:
         # no L1 slot of the active view is open: the tables are history (a snapshot's lost tables), not data
