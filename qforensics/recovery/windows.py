@@ -25,6 +25,7 @@ FULL_READ = 64 << 10  # bytes at the start of a window read whole
 PROBE_HEAD = 4096  # bytes read at the start of each data cluster past FULL_READ
 PROBE_TAIL = 512  # and at its end
 PROBE_BATCH = 4096  # clusters probed at a time
+MAX_PROBED = 1 << 21  # clusters probed in all windows together (two small reads each)
 
 
 def window_view(img: Image, l2_offset: int, view=None) -> Qcow2Layer:
@@ -66,24 +67,32 @@ def window_claims(img: Image, tables: list[int], view) -> dict[int, list[Claim]]
     span, cs = h.l2_entries * h.cluster_size, h.cluster_size
     plain = getattr(view, "cipher", None) is None and (view is None or view.data is img.file)
     out: dict[int, list[Claim]] = {}
+    budget = [MAX_PROBED]  # clusters probed or read in all (a hostile image repeats its tables' targets)
     for off in tables:
+        if budget[0] <= 0:
+            out[off] = []  # past the budget: no claims, so the window stays unplaced
+            continue
         one = window_view(img, off, view)
         length = min(span, one.size)
         full = min(length, max(FULL_READ, cs))
         found: list[Claim] = []
         for at, data in pieces(one, full):
             found += [_moved(c, at) for c in detect(data, _granule(data))]
+        budget[0] -= full // cs
         if plain and cs >= 4 * PROBE_HEAD:
-            found += _probe(img, one, full, length)
+            found += _probe(img, one, full, length, budget)
         else:
             for at, data in pieces(one, length):
+                budget[0] -= len(data) // cs
                 if at + len(data) > full:
                     found += [_moved(c, at) for c in detect(data, _granule(data)) if c.at + at >= full]
+                if budget[0] <= 0:
+                    break
         out[off] = found
     return out
 
 
-def _probe(img: Image, one: Qcow2Layer, start: int, end: int) -> list[Claim]:
+def _probe(img: Image, one: Qcow2Layer, start: int, end: int, budget: list[int]) -> list[Claim]:
     """Claims in the heads and tails of the data clusters of [start, end) of a window (see window_claims);
     compressed clusters are read whole."""
     cs = img.header.cluster_size
@@ -97,6 +106,8 @@ def _probe(img: Image, one: Qcow2Layer, start: int, end: int) -> list[Claim]:
             step = (np.arange(len(k)) - np.repeat(np.cumsum(n) - n, n)) * cs
             guest = first[k] + step
             host = batch.host[rows][k] + (guest - batch.start[rows][k])
+            guest, host = guest[:max(0, budget[0])], host[:max(0, budget[0])]
+            budget[0] -= len(guest)
             for size, skip in ((PROBE_HEAD, 0), (PROBE_TAIL, cs - PROBE_TAIL)):
                 found += _probe_at(img, guest, host, size, skip)
         for r in np.flatnonzero(batch.kind == Kind.COMPRESSED).tolist():
