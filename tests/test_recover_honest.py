@@ -234,3 +234,24 @@ def test_loose_clusters_holding_self_locating_structures_are_placed_alone(tmp_pa
         assert out[g:g + cs] == truth[g:g + cs]
     # the clusters the table named: three placed alone, the rest listed as unplaced
     assert log["unplaced"]["clusters"] + len(alone) == mapped // cs
+
+
+def test_backing_bytes_under_unplaced_tables_are_uncertain(tmp_path):
+    """A top image whose L1 is lost over a backing file: QEMU would read the backing file where the top's
+    tables are gone, but the unplaced tables may map those ranges, so the backing's bytes there are uncertain,
+    never reported as recovered."""
+    base, top = tmp_path / "base.qcow2", tmp_path / "top.qcow2"
+    assert qemu_img("create", "-q", "-f", "qcow2", "-o", "cluster_size=4096", str(base), "4M").returncode == 0
+    assert qemu_img("create", "-q", "-f", "qcow2", "-o", "cluster_size=4096", "-b", "base.qcow2", "-F", "qcow2",
+                    str(top)).returncode == 0
+    import subprocess
+
+    subprocess.run(["qemu-io", "-c", "write -P 0x11 0 4M", str(base)], check=True, capture_output=True)
+    subprocess.run(["qemu-io", "-c", "write -P 0x22 0 64K", "-c", "write -P 0x33 3M 64K", str(top)], check=True,
+                   capture_output=True)
+    zero_l1(top)
+    rc, log = recover(top, tmp_path, "--allow-image-dir")
+    assert rc == 2 and log["unplaced"]["tables"] == 2
+    below = [r for r in log["ranges"] if r.get("source", "").startswith("backing 1")]
+    assert below and all(r.get("uncertain") == "recover.unplaced_tables" for r in below)
+    assert sum(r["length"] for r in below) == log["uncertain-by-code"]["recover.unplaced_tables"] == 4 << 20
