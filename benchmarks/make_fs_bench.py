@@ -49,6 +49,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from make_images import human  # benchmarks/ is on sys.path when run as a script
 
 KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
 REPO = Path(__file__).resolve().parent.parent
@@ -190,14 +191,6 @@ def zero_l1(path: Path) -> dict:
 
 
 # -- the stages ------------------------------------------------------------------------------------------
-
-def human(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
-        n /= 1024
-    raise AssertionError
-
 
 def sizes(path: Path) -> dict:
     st = path.stat()

@@ -240,6 +240,8 @@ def _cmd_recover(args: argparse.Namespace) -> int:
 
 def _recover_line(rec, out: str, log: str | None) -> str:
     """recover's closing line: what was written, and every reason it is not complete."""
+    from .recovery.recover import ZEROED
+
     done = rec.size - rec.missing_bytes - rec.uncertain_bytes
     parts = []
     if rec.missing_bytes:
@@ -253,7 +255,7 @@ def _recover_line(rec, out: str, log: str | None) -> str:
     if u["tables"] or u["clusters"]:
         parts.append(f"{u['tables']} L2 tables and {u['clusters']} clusters ({u['bytes']} bytes) found but not "
                      "placed")
-    if rec.zero_clusters and not rec.uncertain.get("recover.zeroed_cluster"):
+    if rec.zero_clusters and not rec.uncertain.get(ZEROED):
         parts.append(f"{rec.zero_clusters} allocated clusters hold only zeros (written by the guest, or wiped: "
                      "zero-cluster-ranges in the log)")
     tail = "; ".join(parts)

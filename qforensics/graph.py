@@ -26,7 +26,7 @@ def build_graph(img: Image, lay: Layout | None = None) -> tuple[nx.MultiDiGraph,
         lay = build_layout(img, graph=True)
     if lay.notes is None:
         raise ValueError("the layout was not built for the graph (graph=True)")
-    return _Drawing(lay).graph, lay
+    return _Drawing(lay).g, lay
 
 
 class _Drawing:
@@ -53,10 +53,6 @@ class _Drawing:
             host = f"0x{c.cluster << lay.cluster_bits:x}"
             self.g.add_edge(first, second, kind="overlaps", index=c.cluster, host_offset_hex=host)
             self.g.add_edge(second, first, kind="overlaps", index=c.cluster, host_offset_hex=host)
-
-    @property
-    def graph(self) -> nx.MultiDiGraph:
-        return self.g
 
     def add(self, role, offset: int, length: int, owner: str, label: str, count: int = 1) -> int:
         n = len(self.g)

@@ -261,6 +261,19 @@ class Qcow2Layer:
                                         f"the file (0x{size:x})")
                 yield Runs.of(ext).clip(start, end)
 
+    def unknown_at(self, guest: np.ndarray) -> np.ndarray:
+        """Whether each guest offset lies in an L1 slot the view reads as unallocated under ``unknown``: a
+        table the scan could not place may map it (a backing file's bytes there are not the view's own)."""
+        out = np.zeros(len(guest), dtype=bool)
+        if not self.unknown or isinstance(self.l1, Unreadable):
+            return out
+        slot = guest // self.span
+        inside = slot < len(self.l1)  # past the L1's end no table can be (l1_size bounds the slots)
+        out[inside] = (self.l1[slot[inside]] & T.L1E_OFFSET_MASK) == 0
+        if self.labels:
+            out &= ~np.isin(slot, list(self.labels))
+        return out
+
     def _unallocated(self, lo: int, hi: int, reason: str, start: int, end: int) -> Iterator[Runs]:
         """[lo, hi) unallocated (with ``reason``), but for the clusters placed alone there (``alone``)."""
         pos = lo

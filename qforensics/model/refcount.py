@@ -33,3 +33,14 @@ def stored_refcounts(img: Image, dtype=np.uint64) -> np.ndarray | Unreadable:
         n = min(per_block, nclusters - start, len(block))
         out[start:start + n] = block[:n]
     return out
+
+
+def clusters_in_use(img: Image, n_clusters: int) -> np.ndarray | None:
+    """Whether each of ``n_clusters`` clusters has a non-zero stored refcount (False past what the blocks
+    cover); None when the refcount table is unreadable."""
+    in_use = stored_refcounts(img, dtype=bool)
+    if isinstance(in_use, Unreadable):
+        return None
+    out = np.zeros(n_clusters, dtype=bool)
+    out[:min(n_clusters, len(in_use))] = in_use[:n_clusters]
+    return out

@@ -17,19 +17,17 @@ from pathlib import Path
 
 import numpy as np
 
+from ..layers.stack import read_guest
 from ..layout import Layout, Role, build_layout
 from ..model import Image
 from ..model import tables as T
-from ..paths import refuse_overwrite, safe_component
 from ..model.compressed import inflate
-from ..layers.stack import read_guest
-from ..model.refcount import stored_refcounts as model_refcounts
-from .windows import window_claims, window_view
-from ..model import Unreadable
+from ..model.refcount import clusters_in_use
+from ..paths import refuse_overwrite, safe_component
+from .windows import WINDOW_READ, window_claims, window_view
 
 MAX_FILES = 10_000  # carved files at most; the index says how many runs were left out
 MAX_RUN = 64 << 20  # bytes in one carved file
-WINDOW_READ = 4 << 20  # bytes of a window read at a time
 MAX_SIGNATURES = 100  # self-locating structures listed per window in index.json
 
 
@@ -76,11 +74,7 @@ def carve(img: Image, carve_dir: Path, *, inputs: list[Path], lay: Layout | None
             t = w & T.L2E_OFFSET_MASK
             inside.append((t[t != 0] >> np.uint64(cb)).astype(np.int64))
         free = np.setdiff1d(free, np.concatenate(inside))
-    in_use = model_refcounts(img, dtype=bool)
-    if isinstance(in_use, Unreadable):
-        in_use = None
-    elif len(in_use) < len(lay.role):
-        in_use = np.concatenate((in_use, np.zeros(len(lay.role) - len(in_use), dtype=bool)))
+    in_use = clusters_in_use(img, len(lay.role))
     index, written, skipped, run = [], 0, 0, None
 
     def flush(r) -> None:

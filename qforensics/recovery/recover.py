@@ -26,8 +26,6 @@ from ..layers.raw import RawLayer
 from ..layers.stack import ZERO_KINDS, resolve
 from ..layers.extent import Extent, Kind, Runs, UnknownReason
 from ..evidence.file import FileLayer
-from ..model import Unreadable
-from ..model.tables import L1E_OFFSET_MASK
 from .output import Writer
 from .trust import Faults
 
@@ -361,8 +359,10 @@ def recover(layer, out: Path, *, log_path: Path | None = None, top_label: str = 
         with progress.task(total=max(1, layer.size)) as bar:
             bar.describe("guest data")
             for depth, owner, batch in resolve(layer, 0, layer.size):
-                doubt = _doubtful_rows(depth, owner, batch, faults, view_fault) if depth == 0 else \
-                    _unknown_below(layer, batch)
+                if depth == 0:
+                    doubt = _doubtful_rows(owner, batch, faults, view_fault)
+                else:  # a backing file's bytes where tables the scan could not place may map the top
+                    doubt = _unknown_below(layer, batch)
                 fast = _fast_rows(owner, batch)
                 if depth == 0:
                     allocated.add(batch, fast)
@@ -424,25 +424,15 @@ UNKNOWN_BELOW = "recover.unplaced_tables"  # a backing file's bytes where an unp
 
 
 def _unknown_below(top, batch: Runs) -> dict[int, str]:
-    """Rows a backing file gives for ranges the top reads as unallocated while tables the scan could not
-    place may map them (Qcow2Layer.unknown): QEMU would read the backing file there, but the top's own data
-    may have covered it, so they are uncertain."""
-    if not getattr(top, "unknown", None) or isinstance(getattr(top, "l1", None), Unreadable):
+    """Rows a backing file gives where the top reads unallocated while tables the scan could not place may
+    map them (Qcow2Layer.unknown_at): QEMU reads the backing file there, but the top's data may cover it."""
+    if not getattr(top, "unknown", None):
         return {}
-    slot = batch.start // top.span
-    inside = slot < len(top.l1)
-    entry = np.zeros(len(slot), dtype=np.uint64)
-    entry[inside] = top.l1[slot[inside]] & L1E_OFFSET_MASK
-    open_ = inside & (entry == 0)  # past the L1's end no table can be (l1_size bounds the slots)
-    if top.labels:
-        open_ &= ~np.isin(slot, list(top.labels))
-    return dict.fromkeys(np.flatnonzero(open_).tolist(), UNKNOWN_BELOW)
+    return dict.fromkeys(np.flatnonzero(top.unknown_at(batch.start)).tolist(), UNKNOWN_BELOW)
 
 
-def _doubtful_rows(depth: int, owner, batch: Runs, faults: Faults | None, view_fault: str | None) -> dict[int, str]:
+def _doubtful_rows(owner, batch: Runs, faults: Faults | None, view_fault: str | None) -> dict[int, str]:
     """Rows of the top layer read through a structure the checks fault: row -> the finding's code."""
-    if depth != 0:
-        return {}
     if view_fault:
         return dict.fromkeys(range(len(batch)), view_fault)
     if faults is None:

@@ -25,7 +25,7 @@ import numpy as np
 from ..layout import Role
 from ..model import Image, Unreadable
 from ..model import tables as T
-from ..model.refcount import stored_refcounts as model_refcounts
+from ..model.refcount import clusters_in_use
 from ..model.snapshot_table import distinct_snapshots
 from .carve import looks_like
 from .locate import detect
@@ -39,6 +39,7 @@ HEAD = 512  # bytes of each scanned cluster read first: 64 entries, enough to ru
 # what nothing references: free clusters, and journal areas, which the layout finds by their shape among
 # the free clusters (orphaned guest data can look like one)
 UNREFERENCED = (Role.FREE, Role.JOURNAL)
+TABLE_TARGETS = [int(r) for r in (*UNREFERENCED, Role.DATA)]  # what an orphan table's entries may point at
 MAX_CANDIDATES = 1 << 16
 SIMILAR_BUDGET = 4096  # snapshot L2 tables compared with the candidates, at most
 SIMILAR = 0.5  # share of a candidate's entries equal to a snapshot L2's for it to take that L2's place
@@ -56,16 +57,6 @@ class Placement:
         if self.borrowed:
             return f"{self.borrowed} L2 table at 0x{self.offset:x} ({self.evidence})"
         return f"carved L2 at 0x{self.offset:x} ({self.evidence})"
-
-
-def stored_refcounts(img: Image, n_clusters: int) -> np.ndarray | None:
-    """Whether each of the file's clusters has a non-zero refcount; None if the table is unreadable."""
-    in_use = model_refcounts(img, dtype=bool)
-    if isinstance(in_use, Unreadable):
-        return None
-    out = np.zeros(n_clusters, dtype=bool)
-    out[:min(n_clusters, len(in_use))] = in_use[:n_clusters]
-    return out
 
 
 def find_candidates(img: Image, clusters: np.ndarray, role: np.ndarray, refcounts: np.ndarray | None,
@@ -100,7 +91,7 @@ def find_candidates(img: Image, clusters: np.ndarray, role: np.ndarray, refcount
             d = T.Descriptors(w, False)
             targets = (d.offset[d.allocated] >> np.uint64(cb)).astype(np.int64)
             targets = targets[targets < n_file]
-            if np.isin(role[targets], [int(r) for r in (*UNREFERENCED, Role.DATA)], invert=True).any():
+            if np.isin(role[targets], TABLE_TARGETS, invert=True).any():
                 continue  # points into metadata: a refcount table, an L1 of known tables, ...
             if refcounts is not None and refcounts.any() and (~refcounts[targets]).any():
                 continue  # data clusters must be in use
@@ -302,6 +293,7 @@ class ScanResult:
     loose: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # unplaced data clusters
     stray_tables: dict[int, np.ndarray] = field(default_factory=dict)  # unplaced, with no open slot to take
     frames: dict[str, int] = field(default_factory=dict)  # file systems' origins the window solver resolved
+    loose_claims: list = field(default_factory=list)  # (host offset, Claim) found in the loose clusters
     cluster_size: int = 0
 
     def unplaced(self) -> dict:
@@ -324,13 +316,19 @@ class ScanResult:
         return out
 
 
-def _data_like(img: Image, clusters: np.ndarray) -> np.ndarray:
+def _classify_loose(img: Image, clusters: np.ndarray) -> tuple[np.ndarray, list]:
     """The clusters that look like guest data, not like stale metadata (an orphaned refcount block or table,
-    which holds no guest byte): carve.looks_like, for the first MAX_CLASSIFIED (the rest count as data)."""
+    which holds no guest byte): carve.looks_like, for the first MAX_CLASSIFIED (the rest count as data);
+    and the self-locating structures those hold, as (host offset, Claim), read in the same pass."""
     cb, cs = img.header.cluster_bits, img.header.cluster_size
     head, rest = clusters[:MAX_CLASSIFIED], clusters[MAX_CLASSIFIED:]
-    keep = [c for c in head.tolist() if looks_like(img, img.file.read(c << cb, cs)) in ("data", "compressed-stream")]
-    return np.concatenate((np.array(keep, dtype=np.int64), rest))
+    keep, claims = [], []
+    for c in head.tolist():
+        raw = img.file.read(c << cb, cs)
+        if looks_like(img, raw) in ("data", "compressed-stream"):
+            keep.append(c)
+            claims += [(c << cb, claim) for claim in detect(raw, cs)]
+    return np.concatenate((np.array(keep, dtype=np.int64), rest)), claims
 
 
 def _data_targets(w: np.ndarray) -> np.ndarray:
@@ -367,7 +365,7 @@ def augment(img: Image, layer, lay, *, snapshot=None, force: bool = False,
         if borrowed:
             _place_into(img, layer, out, {}, slots, {}, 0, borrowed)
         return out
-    refcounts = stored_refcounts(img, len(role))
+    refcounts = clusters_in_use(img, len(role))
     refs_ok = refcounts is not None and bool(refcounts.any())
     full = force or damaged or bool(faulted) or not refs_ok
     if full and not force:
@@ -406,8 +404,7 @@ def _place_alone(img: Image, out: ScanResult, slots: OpenSlots) -> None:
     if not len(out.loose) or isinstance(getattr(view, "l1", None), Unreadable) or not hasattr(view, "span"):
         return
     cb, cs = img.header.cluster_bits, img.header.cluster_size
-    claims = [(c << cb, claim) for c in out.loose[:MAX_CLASSIFIED].tolist()
-              for claim in detect(img.file.read(c << cb, cs), cs)]
+    claims = out.loose_claims
     frames = dict(out.frames)
     starts = {p[0] for _, claim in claims if claim.frame == "disk" for p in claim.partitions}
     for frame in {claim.frame for _, claim in claims} - set(frames) - {"disk"}:
@@ -529,17 +526,16 @@ def _account_loose(img: Image, out: ScanResult, candidates: dict[int, np.ndarray
     cb = img.header.cluster_bits
     held = np.concatenate(nonzero)
     held = held[role[held] == int(Role.FREE)]
-    held = _data_like(img, held)
     if refcounts is not None:
         held = held[refcounts[held]]  # a free cluster's stale bytes are normal (QEMU does not zero what it frees)
-    if not len(held) or not candidates:
-        out.loose = np.sort(held)
-        return
-    covered = [np.array([o >> cb for o in candidates], dtype=np.int64)]
-    for w in candidates.values():
-        t = _data_targets(w)
-        covered.append((t[t != 0] >> np.uint64(cb)).astype(np.int64))
-    out.loose = np.setdiff1d(held, np.concatenate(covered))
+    held = np.sort(held)
+    if len(held) and candidates:
+        covered = [np.array([o >> cb for o in candidates], dtype=np.int64)]
+        for w in candidates.values():
+            t = _data_targets(w)
+            covered.append((t[t != 0] >> np.uint64(cb)).astype(np.int64))
+        held = np.setdiff1d(held, np.concatenate(covered))
+    out.loose, out.loose_claims = _classify_loose(img, held)
 
 
 def _zeroed_tables(img: Image, layer, leaked: int) -> dict[int, str]:
